@@ -1,0 +1,3 @@
+"""fastsync: a fast, LatentSync-compatible lip-sync engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""The `fastsync` command line. Each sub-command lives in its own small function;
+heavy modules are imported inside them so `fastsync --help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastsync.errors import FastsyncError
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--version", choices=["1.5", "1.6"], default="1.6",
+                   help="LatentSync release: 1.5 works at 256 px, 1.6 at 512 px (default 1.6)")
+    g.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                   help="local folder in the official layout (default ./checkpoints)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="build every model with seeded random weights (no download; output is noise in the mouth)")
+    g.add_argument("--model-size", choices=["full", "tiny"], default="full",
+                   help="'tiny' = narrow UNet for fast CPU runs (random weights only)")
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--face-backend", choices=["auto", "insightface", "dlib"], default="auto",
+                   help="auto = InsightFace when its models are in the checkpoint dir, else the embedded dlib one")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    g.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    g.add_argument("--seed", type=int, default=1247, help="noise seed (default 1247, as the reference)")
+    g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
+    g.add_argument("--mode", choices=["fast", "reference"], default="fast",
+                   help="fast = every fastsync optimisation; reference = behave like the reference code")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsync", description="Fast LatentSync-compatible lip sync")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="lip-sync a video to an audio track")
+    p.add_argument("--video", type=Path, required=True)
+    p.add_argument("--audio", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("download", help="fetch the official checkpoints from the Hugging Face hub")
+    p.add_argument("--version", choices=["1.5", "1.6"], default="1.6")
+    p.add_argument("--dir", type=Path, default=Path("checkpoints"))
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("check-parity", help="run every golden case in DIR through fastsync")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_cmd_check_parity)
+
+    p = sub.add_parser("profile", help="profile a run (reference or fast mode), or compare two reports")
+    p.add_argument("--video", type=Path)
+    p.add_argument("--audio", type=Path)
+    p.add_argument("--out", type=Path, help="folder for the trace and report.{json,md}")
+    p.add_argument("--reference-output", type=Path, help="video to measure PSNR/SSIM against")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="two report.json files")
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_profile)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fastsync.api import run_from_args
+
+    return run_from_args(args)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from fastsync.checkpoints import download
+
+    download(args.version, args.dir)
+    return 0
+
+
+def _cmd_check_parity(args: argparse.Namespace) -> int:
+    from fastsync.tools.parity import check_parity
+
+    results = check_parity(args.dir)
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)}/{len(results)} cases passed")
+    return 1 if failed or not results else 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from fastsync.tools.profiler import profile_from_args
+
+    return profile_from_args(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FastsyncError as exc:
+        print(f"fastsync: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastsync: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Developer-facing tools: parity checks, profiler, benchmarks helpers."""
