@@ -1,0 +1,81 @@
+"""The VAE and the DDIM scheduler: taken from diffusers, configured like the reference.
+
+diffusers is the well-kept implementation of both; we only pin their configuration
+here, so that the numbers match the reference's `configs/scheduler_config.json` and
+`stabilityai/sd-vae-ft-mse`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+
+from fastsync.errors import CheckpointError
+
+# configs/scheduler_config.json of the reference, key for key.
+DDIM_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+    trained_betas=None,
+)
+
+VAE_SCALING_FACTOR = 0.18215  # SD 1.x latent scale; the reference sets shift_factor to 0
+VAE_SHIFT_FACTOR = 0.0
+VAE_DOWNSCALE = 8  # three 2x downsamples between pixels and latents
+
+# sd-vae-ft-mse's architecture (its config.json); the tiny preset keeps the topology
+# (4 blocks, so still 8x) with narrow channels, for CPU tests.
+_VAE_ARCH = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=256,
+)
+VAE_PRESETS = {
+    "full": dict(_VAE_ARCH, block_out_channels=(128, 256, 512, 512), layers_per_block=2),
+    "tiny": dict(_VAE_ARCH, block_out_channels=(32, 32, 64, 64), layers_per_block=1),
+}
+
+
+def make_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**DDIM_CONFIG)
+
+
+def _configure(vae: AutoencoderKL) -> AutoencoderKL:
+    vae.register_to_config(scaling_factor=VAE_SCALING_FACTOR, shift_factor=VAE_SHIFT_FACTOR)
+    return vae.eval().requires_grad_(False)
+
+
+def random_vae(size: str = "full", *, seed: int = 0) -> AutoencoderKL:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**VAE_PRESETS[size])
+    return _configure(vae)
+
+
+def load_vae(vae_dir: Path) -> AutoencoderKL:
+    """Load sd-vae-ft-mse from a local diffusers folder, or from the HF cache by repo id."""
+    if vae_dir.is_dir():
+        try:
+            return _configure(AutoencoderKL.from_pretrained(vae_dir))
+        except Exception as exc:
+            raise CheckpointError(f"not a diffusers AutoencoderKL folder: {exc}", vae_dir) from exc
+    try:  # the reference's own way: the hub cache, no network
+        return _configure(AutoencoderKL.from_pretrained("stabilityai/sd-vae-ft-mse", local_files_only=True))
+    except Exception as exc:
+        raise CheckpointError(
+            "the VAE (stabilityai/sd-vae-ft-mse) is missing",
+            vae_dir,
+            hint="run `fastsync download --dir <checkpoint dir>`, or pass --random-weights",
+        ) from exc

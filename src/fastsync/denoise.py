@@ -1,0 +1,132 @@
+"""One 16-frame chunk through the latent diffusion: the GPU hot path.
+
+Per chunk (REFERENCE.md, "Video side"):
+  1. faces -> [-1, 1]; masked faces = faces * mask
+  2. VAE-encode masked and reference faces (a *sample* of the posterior, scaled)
+  3. DDIM steps with classifier-free guidance, batch = [zero audio, audio]
+  4. VAE-decode; keep decoded pixels inside the mouth region, the reference face outside
+
+Random numbers are drawn explicitly, in the reference's order (initial noise once per
+job; then per chunk the masked-face posterior noise, then the reference-face noise),
+so that every execution strategy — batched, graphed, compiled — consumes the same
+noise and stays comparable with the reference mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fastsync.components import VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    steps: int = 20
+    guidance: float = 1.5  # pred = uncond + guidance * (audio - uncond)
+    seed: int = 1247  # the reference's default
+    deepcache_interval: int = 3  # 0 or 1 = off
+    num_frames: int = 16  # frames per chunk: the UNet's temporal window during training
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.deepcache_interval < 0:
+            raise ValueError(f"deepcache interval must be >= 0, got {self.deepcache_interval}")
+        if not 1 <= self.num_frames <= 24:
+            raise ValueError("num_frames must be within the motion module's 24-frame position table")
+
+
+# A callable that predicts noise: (sample (B,13,F,h,w), t (0-dim), audio (B*F,50,384), step_index) -> (B,4,F,h,w)
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+class ChunkDenoiser:
+    """Holds the per-job state (generator, initial noise) and denoises chunk after chunk."""
+
+    def __init__(
+        self,
+        predict: NoisePredictor,
+        vae,
+        scheduler,
+        mask: torch.Tensor,  # (res, res) float in [0, 1]: 1 = keep the reference face
+        options: SamplingOptions,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_vae: bool = False,
+        on_chunk_start: Callable[[], None] | None = None,
+    ):
+        self.predict = predict
+        self.vae = vae
+        self.scheduler = scheduler
+        self.options = options
+        self.device = device
+        self.dtype = dtype
+        self.batch_vae = batch_vae
+        self.on_chunk_start = on_chunk_start
+        res = mask.shape[-1]
+        self.latent_size = res // VAE_DOWNSCALE
+        self.mask = mask.to(device=device, dtype=dtype)[None, None]  # (1, 1, res, res)
+        # The UNet's mask channel: nearest-neighbour down to the latent grid (torch's default mode).
+        self.mask_latent = F.interpolate(self.mask, size=(self.latent_size, self.latent_size))
+        self.generator = torch.Generator(device=device).manual_seed(options.seed)
+        scheduler.set_timesteps(options.steps, device=device)
+        self.timesteps = scheduler.timesteps
+        # ONE latent frame of noise for the whole video, repeated over frames (reference behaviour).
+        shape = (1, 4, 1, self.latent_size, self.latent_size)
+        noise = torch.randn(shape, generator=self.generator, device=device, dtype=dtype)
+        self.initial_latent = noise * scheduler.init_noise_sigma
+
+    # -- VAE -------------------------------------------------------------------------------
+    def _posterior_sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        eps = torch.randn(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
+        return mean + std * eps
+
+    def _encode(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Encode each (F,3,H,W) tensor; one VAE call for all of them when batch_vae is set."""
+        if self.batch_vae:
+            dist = self.vae.encode(torch.cat(pixels)).latent_dist
+            means, stds = dist.mean.chunk(len(pixels)), dist.std.chunk(len(pixels))
+        else:
+            dists = [self.vae.encode(p).latent_dist for p in pixels]
+            means, stds = [d.mean for d in dists], [d.std for d in dists]
+        # Noise is drawn per input in order, exactly as separate `latent_dist.sample()` calls would.
+        return [(self._posterior_sample(m, s) - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR for m, s in zip(means, stds)]
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR).sample
+
+    # -- one chunk -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, faces: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """faces (F, 3, res, res) uint8 aligned faces; audio (F, 50, 384) -> (F, 3, res, res) in [-1, 1]."""
+        if self.on_chunk_start is not None:
+            self.on_chunk_start()
+        frames = faces.shape[0]
+        pixels = faces.to(self.device, self.dtype) / 127.5 - 1.0  # (F, 3, res, res), Normalize(0.5, 0.5)
+        masked = pixels * self.mask
+        masked_latents, ref_latents = self._encode([masked, pixels])  # (F, 4, h, w) each
+
+        def video(x):  # (F, C, h, w) -> (2, C, F, h, w): one batch entry per CFG branch
+            return x.permute(1, 0, 2, 3)[None].expand(2, -1, -1, -1, -1)
+
+        mask_channel = self.mask_latent.expand(frames, -1, -1, -1)  # (F, 1, h, w)
+        condition = torch.cat([video(mask_channel), video(masked_latents), video(ref_latents)], dim=1)
+        audio = audio.to(self.device, self.dtype)
+        audio_cfg = torch.cat([torch.zeros_like(audio), audio])  # (2F, 50, 384): [unconditional, audio]
+
+        latents = self.initial_latent.expand(-1, -1, frames, -1, -1).contiguous()  # (1, 4, F, h, w)
+        for step, t in enumerate(self.timesteps):
+            model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            model_input = torch.cat([model_input, condition], dim=1)  # (2, 13, F, h, w)
+            noise_uncond, noise_audio = self.predict(model_input, t, audio_cfg, step).chunk(2)
+            noise = noise_uncond + self.options.guidance * (noise_audio - noise_uncond)
+            latents = self.scheduler.step(noise, t, latents).prev_sample
+
+        decoded = self._decode(latents[0].permute(1, 0, 2, 3))  # (F, 3, res, res)
+        keep = self.mask  # 1 outside the mouth: keep the reference pixels there
+        return decoded * (1 - keep) + pixels * keep

@@ -1,0 +1,120 @@
+"""Build every component once (load or random), ready to run many jobs.
+
+Two modes share the same weights and seed:
+- ``reference``: the reference implementation's behaviour — its dtype rule (fp16 only
+  when the GPU's compute capability is above 7, else fp32), eager PyTorch, one frame
+  at a time for faces, separate VAE calls, DeepCache with the reference's interval.
+- ``fast``: everything fastsync adds (see fastsync.accel), each piece switchable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastsync.checkpoints import CheckpointLayout
+from fastsync.config import VERSIONS, unet_config_for
+from fastsync.errors import FastsyncError
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """Switches for the fast path; each is proven equal to the plain path by a test."""
+
+    batch_vae: bool = True  # masked + reference faces in one VAE encode call
+    overlap: bool = True  # decode/align, GPU denoise and paste/encode run concurrently
+    channels_last: bool = True
+    compile: bool = False  # regional torch.compile of the repeated UNet blocks (CUDA only)
+    cuda_graphs: bool = False  # capture the fixed-shape denoise step (CUDA only)
+    face_workers: int = 4  # threads for face detection and paste-back
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    version: str = "1.6"
+    checkpoint_dir: Path = Path("checkpoints")
+    random_weights: bool = False
+    model_size: str = "full"  # "tiny" only with random weights: a narrow UNet and VAE for CPU runs
+    device: str | None = None
+    face_backend: str = "auto"
+    mode: str = "fast"  # "fast" | "reference"
+    dtype: str | None = None  # None = the mode's rule; or "float32" / "float16" / "bfloat16"
+    seed: int = 0  # weights seed for --random-weights (the noise seed is a run option)
+    fast: FastOptions = field(default_factory=FastOptions)
+
+    def __post_init__(self):
+        if self.version not in VERSIONS:
+            raise FastsyncError(f"unknown LatentSync version {self.version!r}; choose 1.5 or 1.6")
+        if self.model_size == "tiny" and not self.random_weights:
+            raise FastsyncError("--model-size tiny has no official weights; add --random-weights")
+        if self.mode not in ("fast", "reference"):
+            raise FastsyncError(f"unknown mode {self.mode!r}; choose fast or reference")
+
+    @property
+    def resolution(self) -> int:
+        return VERSIONS[self.version][1]
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastsyncError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def pick_dtype(options: EngineOptions, device: torch.device) -> torch.dtype:
+    if options.dtype is not None:
+        return getattr(torch, options.dtype)
+    if device.type != "cuda":
+        return torch.float32
+    # The reference's rule: fp16 only where the GPU has fast fp16 (compute capability > 7).
+    return torch.float16 if torch.cuda.get_device_capability(device)[0] > 7 else torch.float32
+
+
+@dataclass
+class Components:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    whisper: torch.nn.Module
+    scheduler: object
+    landmarker: object
+    mask: torch.Tensor  # (res, res) float, 1 = keep reference pixels
+    device: torch.device
+    dtype: torch.dtype
+    options: EngineOptions
+
+
+def load_components(options: EngineOptions) -> Components:
+    from fastsync.components import load_vae, make_scheduler, random_vae
+    from fastsync.face.landmarks import make_landmarker
+    from fastsync.face.mask import mask_for_resolution
+    from fastsync.models.loading import load_unet, random_unet
+    from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
+
+    device = pick_device(options.device)
+    dtype = pick_dtype(options, device)
+    layout = CheckpointLayout(Path(options.checkpoint_dir))
+    config = unet_config_for(options.version, options.model_size)
+
+    if options.random_weights:
+        unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
+        vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
+        whisper = random_whisper_encoder(seed=options.seed)
+    else:
+        unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
+        whisper = load_whisper_encoder(layout.require(layout.whisper, options.version))
+        vae = load_vae(layout.vae_dir)
+    vae = vae.to(device=device, dtype=dtype)
+    whisper = whisper.to(device=device)
+    landmarker = make_landmarker(options.face_backend, layout.root, device)
+    mask = torch.from_numpy(mask_for_resolution(options.resolution)).float()
+    return Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype, options)
+
+
+def with_mode(options: EngineOptions, mode: str) -> EngineOptions:
+    return dataclasses.replace(options, mode=mode)

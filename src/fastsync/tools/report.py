@@ -1,0 +1,162 @@
+"""The profiler's report: build it from a run, write it as JSON and Markdown, compare two."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+import fastsync
+from fastsync import stages
+
+TOP_OPS = 20
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _top_ops(prof) -> tuple[list[dict], float, float]:
+    events = prof.key_averages()
+    use_cuda = torch.cuda.is_available()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+    total_cpu = sum(e.self_cpu_time_total for e in events) / 1e6
+    total_cuda = sum(device_us(e) for e in events) / 1e6
+    key = device_us if use_cuda else (lambda e: e.self_cpu_time_total)
+    # Stage labels are ranges, not ops: keep them out of the op table.
+    ops = [e for e in events if "|" not in e.key and key(e) > 0]
+    ops.sort(key=key, reverse=True)
+    rows = [{
+        "name": e.key,
+        "calls": e.count,
+        "self_cpu_s": round(e.self_cpu_time_total / 1e6, 4),
+        "self_cuda_s": round(device_us(e) / 1e6, 4),
+    } for e in ops[:TOP_OPS]]
+    return rows, round(total_cpu, 4), round(total_cuda, 4)
+
+
+def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_peak_rss_bytes, quality, dtype) -> dict:
+    top_ops, total_cpu, total_cuda = _top_ops(prof)
+    steady = {k: v for k, v in clock.as_dict().items() if k != stages.INIT}
+    memory = {"allocated": 0, "reserved": 0}
+    if torch.cuda.is_available():
+        memory = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}
+    return {
+        "mode": mode,
+        "inputs": {"video": str(args.video), "audio": str(args.audio)},
+        "settings": {"version": args.version, "model_size": args.model_size, "random_weights": args.random_weights,
+                     "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                     "deepcache_interval": args.deepcache_interval, "dtype": dtype},
+        "frames": job.frames,
+        "stages": {
+            "one_time": {stages.INIT: round(clock.seconds.get(stages.INIT, 0.0), 4), **one_time},
+            "steady": steady,
+            "job_wall_s": round(job_wall_s, 4),
+            "frames_per_s": round(job.frames / job_wall_s, 3) if job_wall_s else None,
+        },
+        "total_cpu_s": total_cpu,
+        "total_cuda_s": total_cuda,
+        "peak_memory_bytes": memory,
+        "host_peak_rss_bytes": host_peak_rss_bytes,
+        "top_ops": top_ops,
+        "quality": quality,
+        "output": str(Path(job.output).resolve()),
+        "frames_without_face": job.frames_without_face,
+        "environment": {
+            "device": _device_name(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "fastsync": fastsync.__version__,
+            "python": platform.python_version(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _gb(n) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def to_markdown(r: dict) -> str:
+    env = r["environment"]
+    lines = [
+        f"# fastsync profile: {r['mode']} mode",
+        "",
+        f"{env['device']}, torch {env['torch']}, fastsync {env['fastsync']}, {env['date']}",
+        f"{r['frames']} frames; settings: {json.dumps(r['settings'])}",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
+    for name, value in r["stages"]["one_time"].items():
+        lines.append(f"| one-time: {name} | {value:.3f} |")
+    for name, value in r["stages"]["steady"].items():
+        lines.append(f"| {name} | {value:.3f} |")
+    lines += [
+        f"| **job wall** | **{r['stages']['job_wall_s']:.3f}** |",
+        "",
+        f"- total CPU {r['total_cpu_s']:.2f} s, total CUDA {r['total_cuda_s']:.2f} s",
+        f"- peak GPU memory: allocated {_gb(r['peak_memory_bytes']['allocated'])}, "
+        f"reserved {_gb(r['peak_memory_bytes']['reserved'])}; host peak RSS {_gb(r['host_peak_rss_bytes'])}",
+    ]
+    if r.get("quality"):
+        q = r["quality"]
+        lines.append(f"- quality vs reference output: PSNR {q['psnr_db']} dB, SSIM {q['ssim']} "
+                     f"(mouth: PSNR {q.get('mouth_psnr_db')} dB, SSIM {q.get('mouth_ssim')}) over {q['frames']} frames")
+    lines += ["", f"## Top {TOP_OPS} ops", "", "| op | calls | self CPU s | self CUDA s |", "|---|---:|---:|---:|"]
+    for op in r["top_ops"]:
+        lines.append(f"| `{op['name']}` | {op['calls']} | {op['self_cpu_s']:.4f} | {op['self_cuda_s']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", to_markdown(report))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def _output_of(report_path: Path, report: dict) -> Path:
+    beside = Path(report_path).parent / "output.mp4"  # reports travel with their folder
+    return beside if beside.exists() else Path(report["output"])
+
+
+def compare_reports(path_a: Path, path_b: Path) -> str:
+    """Side-by-side table; ratio = A / B (above 1 means B is faster). Quality of B's output vs A's."""
+    a, b = (json.loads(Path(p).read_text()) for p in (path_a, path_b))
+    lines = [f"| | A: {a['mode']} | B: {b['mode']} | A/B |", "|---|---:|---:|---:|"]
+    for name in stages.ALL_STAGES[1:]:
+        va, vb = a["stages"]["steady"].get(name, 0), b["stages"]["steady"].get(name, 0)
+        lines.append(f"| {name} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
+    for key in ("job_wall_s",):
+        va, vb = a["stages"][key], b["stages"][key]
+        lines.append(f"| **{key}** | **{va:.3f}** | **{vb:.3f}** | **{_ratio(va, vb)}** |")
+    for name in sorted(set(a["stages"]["one_time"]) | set(b["stages"]["one_time"])):
+        va, vb = a["stages"]["one_time"].get(name, 0), b["stages"]["one_time"].get(name, 0)
+        lines.append(f"| one-time {name} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
+    for key in ("allocated", "reserved"):
+        va, vb = a["peak_memory_bytes"][key], b["peak_memory_bytes"][key]
+        lines.append(f"| peak GPU {key} | {_gb(va)} | {_gb(vb)} | {_ratio(va, vb)} |")
+    lines.append(f"| host peak RSS | {_gb(a['host_peak_rss_bytes'])} | {_gb(b['host_peak_rss_bytes'])} | "
+                 f"{_ratio(a['host_peak_rss_bytes'], b['host_peak_rss_bytes'])} |")
+    from fastsync.tools.quality import compare_videos
+
+    boxes_file = Path(path_a).parent / "mouth_boxes.json"
+    boxes = json.loads(boxes_file.read_text()) if boxes_file.exists() else None
+    q = compare_videos(_output_of(path_a, a), _output_of(path_b, b), boxes)
+    lines += ["", f"B's output vs A's over {q.frames} frames: PSNR {q.psnr_db:.2f} dB, SSIM {q.ssim:.4f}; "
+              f"mouth region: PSNR {q.mouth_psnr_db if q.mouth_psnr_db is None else round(q.mouth_psnr_db, 2)} dB, "
+              f"SSIM {q.mouth_ssim if q.mouth_ssim is None else round(q.mouth_ssim, 4)}"]
+    return "\n".join(lines)
