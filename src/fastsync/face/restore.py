@@ -65,7 +65,9 @@ def edge_width(mask_area: float) -> int:
 def soften(eroded: np.ndarray, w_edge: int) -> np.ndarray:
     """The blend weight: erode by 2*w_edge, then Gaussian blur of size 2*w_edge+1."""
     radius = 2 * w_edge
-    center = cv2.erode(eroded, np.ones((radius, radius), np.uint8)) if radius > 0 else eroded
+    # An empty kernel (w_edge 0, a crop under ~20 px) makes OpenCV erode with 3x3, in the
+    # reference too: kept as is.
+    center = cv2.erode(eroded, np.ones((radius, radius), np.uint8))
     size = 2 * w_edge + 1
     sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
     return cv2.GaussianBlur(center, (size, size), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)

@@ -1,0 +1,56 @@
+"""Alignment parity against the reference's golden case, plus the fit's invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastsync.face.align import Aligner, crop_size, face_template, fit_similarity, warp_face
+from fastsync.face.parity import check_align_case
+
+
+def test_golden_align_cases_pass(golden_dir):
+    cases = sorted(golden_dir.glob("align_*_align.pt"))
+    assert cases, f"no align_*_align.pt in {golden_dir}"
+    for path in cases:
+        metrics = check_align_case(path.name[len("align_"):-len("_align.pt")], {"align.pt": path})
+        failed = [m.describe() for m in metrics if not m.passed]
+        assert not failed, f"{path.name}: {failed}"
+
+
+@pytest.mark.parametrize("resolution, expected", [(256, (210, 280)), (512, (420, 560)), (384, (314, 419))])
+def test_crop_size_truncates_like_the_reference(resolution, expected):
+    assert crop_size(resolution) == expected
+
+
+def test_fit_maps_template_onto_itself_and_recovers_a_similarity():
+    template = face_template(512)
+    matrix, offset = fit_similarity(template, template)
+    np.testing.assert_allclose(matrix, [[1, 0, 0], [0, 1, 0]], atol=1e-4)
+    np.testing.assert_allclose(offset, 0, atol=1e-5)
+
+    angle, scale, shift = 0.3, 0.25, np.array([40.0, -12.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = (template - shift) @ np.linalg.inv(rot).T  # so that rot @ p + shift == template
+    matrix, _ = fit_similarity(points, template)
+    np.testing.assert_allclose(matrix[:, :2], rot, atol=1e-4)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-2)
+
+
+def test_smoothing_state_runs_in_sequence_and_resets():
+    points = [np.array([[279.0, 336], [318, 334], [298, 361]]), np.array([[281.0, 338], [317, 333], [300, 364]])]
+    aligner = Aligner(512)
+    first = aligner.next_matrix(points[0])
+    second = aligner.next_matrix(points[1])
+    fresh = Aligner(512).next_matrix(points[1])
+    assert not np.allclose(second, fresh)  # the second frame remembers the first
+    np.testing.assert_allclose(second[:, :2], fresh[:, :2])  # only the translation is smoothed
+    aligner.reset()
+    np.testing.assert_array_equal(aligner.next_matrix(points[0]), first)
+
+
+def test_warp_fills_outside_with_127():
+    frame = np.zeros((40, 30, 3), np.uint8)
+    far_away = np.array([[1.0, 0, 5000], [0, 1, 5000]], np.float32)
+    face = warp_face(frame, far_away, 256)
+    assert face.shape == (256, 256, 3) and np.all(face == 127)
