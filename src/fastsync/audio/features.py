@@ -137,12 +137,12 @@ class AudioFeatures:
 
     @classmethod
     def from_samples(cls, samples: Tensor | np.ndarray, encoder: WhisperEncoder,
-                     device: str | torch.device | None = None, fps: float = VIDEO_FPS) -> "AudioFeatures":
+                     device: str | torch.device | None = None, fps: float = VIDEO_FPS) -> AudioFeatures:
         return cls(encode_audio(samples, encoder, device), fps)
 
     @classmethod
     def from_file(cls, path: str | Path, encoder: WhisperEncoder,
-                  device: str | torch.device | None = None, fps: float = VIDEO_FPS) -> "AudioFeatures":
+                  device: str | torch.device | None = None, fps: float = VIDEO_FPS) -> AudioFeatures:
         from fastsync.media.audio import load_audio
 
         return cls.from_samples(load_audio(path, SAMPLE_RATE), encoder, device, fps)

@@ -42,7 +42,7 @@ class WhisperDims:
     n_audio_layer: int = 4
 
     @classmethod
-    def from_checkpoint(cls, raw: dict[str, Any]) -> "WhisperDims":
+    def from_checkpoint(cls, raw: dict[str, Any]) -> WhisperDims:
         names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in raw]
         if missing:
