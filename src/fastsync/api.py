@@ -42,8 +42,11 @@ class LipSync:
 
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
-            clock: stages.StageClock | None = None) -> JobReport:
-        job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock)
+            clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None) -> JobReport:
+        """Lip-sync `video` to `audio` into `output` (written atomically). `landmarks_cache`:
+        a JSON file that keeps face landmarks between runs on the same video."""
+        job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
+                  landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache))
         return job.run(Path(video), Path(audio), Path(output))
 
 
@@ -64,6 +67,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     clock = stages.StageClock()
     with clock.stage(stages.INIT):
         engine = LipSync.from_options(engine_options_from_args(args))
-    report = engine.run(args.video, args.audio, args.output, sampling=sampling, progress=True, clock=clock)
+    report = engine.run(args.video, args.audio, args.output, sampling=sampling, progress=True, clock=clock,
+                        landmarks_cache=args.landmarks_cache)
     print(report.summary())
     return 0

@@ -28,6 +28,7 @@ from fastsync import stages
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
 from fastsync.errors import NoFaceError
+from fastsync.face.cache import LandmarkCache
 from fastsync.progress import Progress
 
 AUDIO_SAMPLE_RATE = 16_000
@@ -42,6 +43,7 @@ class JobReport:
     frames_without_face: int = 0
     frames_with_several_faces: int = 0
     stages: dict[str, float] = field(default_factory=dict)
+    mouth_boxes: list[list[int] | None] = field(default_factory=list)  # per output frame, frame pixels
 
     @property
     def fps(self) -> float:
@@ -73,37 +75,46 @@ class FaceTracker:
     source frame's affine matrix (a few bytes) and re-warp with it.
     """
 
-    def __init__(self, components: Components, workers: ThreadPoolExecutor | None):
+    def __init__(self, components: Components, workers: ThreadPoolExecutor | None, cache: LandmarkCache):
         from fastsync.face.align import Aligner
 
         self.landmarker = components.landmarker
         self.aligner = Aligner(components.options.resolution)
         self.workers = workers
+        self.cache = cache
         self.affine_by_source: dict[int, np.ndarray | None] = {}
         self.without_face = 0
         self.several_faces = 0
 
-    def _detect(self, frames: list[np.ndarray]):
+    def _detect(self, frames: list[np.ndarray]) -> list:
         if self.workers is None or len(frames) == 1:
             return [self.landmarker.detect(f) for f in frames]
         return list(self.workers.map(self.landmarker.detect, frames))
+
+    def _landmarks(self, sources: list[int], frames: list[np.ndarray]) -> None:
+        """Fill the cache for every source frame not seen before (detection runs batched)."""
+        todo = [i for i, s in enumerate(sources) if s not in self.cache and s not in self.affine_by_source]
+        for i, result in zip(todo, self._detect([frames[i] for i in todo])):
+            if result is None:
+                self.cache.put(sources[i], None)
+            else:
+                self.cache.put(sources[i], result.points3, result.num_faces)
 
     def process(self, sources: list[int], frames: list[np.ndarray]):
         """Returns per frame (face uint8 (res,res,3) | None, affine | None)."""
         from fastsync.face.align import warp_face
 
-        new = [i for i, s in enumerate(sources) if s not in self.affine_by_source]
-        detections = dict(zip(new, self._detect([frames[i] for i in new])))
+        self._landmarks(sources, frames)
         out = []
-        for i, (source, frame) in enumerate(zip(sources, frames)):
-            if i in detections:  # first visit: smoothing runs in source order, as in the reference
-                result = detections[i]
-                if result is None:
+        for source, frame in zip(sources, frames):
+            if source not in self.affine_by_source:  # first visit: smoothing runs in source order
+                entry = self.cache.get(source)
+                if entry is None:
                     self.affine_by_source[source] = None
                 else:
-                    self.several_faces += int(result.num_faces > 1)
-                    _, affine = self.aligner.align(frame, result.points3)
-                    self.affine_by_source[source] = affine
+                    points3, num_faces = entry
+                    self.several_faces += int(num_faces > 1)
+                    self.affine_by_source[source] = self.aligner.next_matrix(points3)
             affine = self.affine_by_source[source]
             if affine is None:
                 self.without_face += 1
@@ -111,6 +122,31 @@ class FaceTracker:
             else:
                 out.append((warp_face(frame, affine, self.aligner.resolution), affine))
         return out
+
+
+def mouth_box(affine: np.ndarray, mouth_rect: tuple[int, int, int, int], resolution: int,
+              frame_size: tuple[int, int]) -> list[int]:
+    """The frame-space bounding box (x0, y0, x1, y1) of the regenerated mouth region."""
+    from fastsync.face.align import crop_size
+
+    crop_w, crop_h = crop_size(resolution)
+    x0, y0, x1, y1 = mouth_rect
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64)
+    corners *= [crop_w / resolution, crop_h / resolution]
+    full = np.vstack([np.asarray(affine, dtype=np.float64), [0, 0, 1]])
+    inverse = np.linalg.inv(full)[:2]
+    points = corners @ inverse[:, :2].T + inverse[:, 2]
+    width, height = frame_size
+    lo = np.floor(points.min(0)).clip(0, [width, height]).astype(int)
+    hi = np.ceil(points.max(0)).clip(0, [width, height]).astype(int)
+    return [int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])]
+
+
+def mask_rect(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of the region the model regenerates (mask < 0.5)."""
+    rows = torch.nonzero((mask < 0.5).any(1)).flatten()
+    cols = torch.nonzero((mask < 0.5).any(0)).flatten()
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _faces_tensor(faces: list[np.ndarray | None]) -> torch.Tensor | None:
@@ -132,12 +168,14 @@ def _paste(frame: np.ndarray, face: np.ndarray, affine: np.ndarray | None) -> np
 
 class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
-                 clock: stages.StageClock | None = None):
+                 clock: stages.StageClock | None = None, landmarks_cache: Path | None = None):
         self.c = components
         self.sampling = sampling
         self.fast = components.options.mode == "fast"
         self.clock = clock or stages.StageClock()
         self.progress = progress
+        self.landmarks_cache = landmarks_cache
+        self.mouth_boxes: list[list[int] | None] = []
 
     # -- inputs ------------------------------------------------------------------------------
     def _audio(self, audio_path: Path) -> tuple[np.ndarray, torch.Tensor]:
@@ -179,7 +217,9 @@ class Job:
 
         denoiser = self._denoiser()
         workers = ThreadPoolExecutor(self.c.options.fast.face_workers) if self.fast else None
-        tracker = FaceTracker(self.c, workers)
+        cache = LandmarkCache(self.landmarks_cache, video, type(self.c.landmarker).__name__)
+        tracker = FaceTracker(self.c, workers, cache)
+        self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
         bar = Progress(n, "lip-sync", enabled=self.progress)
         try:
             with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
@@ -197,8 +237,9 @@ class Job:
             bar.close()
             if workers is not None:
                 workers.shutdown(wait=True)
+        cache.save()
         return JobReport(output, n, time.perf_counter() - started, tracker.without_face,
-                         tracker.several_faces, self.clock.as_dict())
+                         tracker.several_faces, self.clock.as_dict(), self.mouth_boxes)
 
     def _denoiser(self) -> ChunkDenoiser:
         from fastsync.accel.predictor import make_predictor
@@ -227,6 +268,9 @@ class Job:
         with self.clock.stage(stages.WRITE):
             for frame in frames:
                 writer.write(frame)
+        rect, size = self._mouth
+        res = self.c.options.resolution
+        self.mouth_boxes += [None if a is None else mouth_box(a, rect, res, size) for a in chunk.affines]
         bar.update(len(frames))
 
     def _run_overlapped(self, chunks: Iterator[Chunk], denoiser, writer, workers, bar) -> None:

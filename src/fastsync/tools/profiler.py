@@ -53,7 +53,8 @@ def profile_run(args: argparse.Namespace) -> dict:
     with torch.profiler.profile(activities=_activities(),
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(str(trace_dir))) as prof:
         job_started = time.perf_counter()
-        report = engine.run(args.video, args.audio, output, sampling=sampling, progress=True, clock=clock)
+        report = engine.run(args.video, args.audio, output, sampling=sampling, progress=True, clock=clock,
+                            landmarks_cache=args.landmarks_cache)
         job_wall = time.perf_counter() - job_started
 
     quality = None
