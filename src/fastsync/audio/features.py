@@ -59,7 +59,7 @@ def encode_audio(
     mel = log_mel_spectrogram(samples)  # (80, n_frames), normalised with the global max
     windows, keep = mel_windows(mel, encoder.n_frames)
     pieces = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, windows.shape[0], max_batch):
             states = encoder(windows[start : start + max_batch])  # (b, 1500, 5, C)
             for j, window_states in enumerate(states):
