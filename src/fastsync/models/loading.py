@@ -124,7 +124,9 @@ def load_unet(
     return _finish(model, device, dtype)
 
 
-def _finish(model: UNet3DConditionModel, device: str | torch.device, dtype: torch.dtype) -> UNet3DConditionModel:
+def _finish(
+    model: UNet3DConditionModel, device: str | torch.device, dtype: torch.dtype
+) -> UNet3DConditionModel:
     left_on_meta = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
     if left_on_meta:  # would mean a tensor the checkpoint cannot fill, e.g. a non-persistent buffer
         raise AssertionError(f"tensors left without storage after loading: {left_on_meta[:5]}")

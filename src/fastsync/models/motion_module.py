@@ -97,7 +97,10 @@ class TemporalTransformer(nn.Module):
         self.norm = nn.GroupNorm(self.NUM_GROUPS, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
-            [TemporalTransformerBlock(inner_dim, heads, head_dim, cfg) for _ in range(cfg.num_transformer_block)]
+            [
+                TemporalTransformerBlock(inner_dim, heads, head_dim, cfg)
+                for _ in range(cfg.num_transformer_block)
+            ]
         )
         self.proj_out = nn.Linear(inner_dim, channels)
 
