@@ -136,3 +136,19 @@ def test_odd_latent_size_keeps_the_input_size(unet):
     with torch.inference_mode():
         out = unet(sample, 10, torch.randn(2, 50, 384))
     assert out.shape == (1, 4, 2, 20, 12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precision_follows_the_input(unet, inputs, reference_output, tmp_path, dtype, tol):
+    """Weights and inputs in half precision: output in that dtype, close to fp32.
+
+    Tolerances are relative to max|output|: measured 2.2e-3 (fp16, 10 mantissa bits) and
+    1.9e-2 (bf16, 7 bits) on this model; norms and softmax accumulate in fp32 internally.
+    """
+    half = load_unet(_save_official(unet, tmp_path / "u.pt"), TINY, dtype=dtype)
+    sample, t, audio = inputs
+    with torch.inference_mode():
+        out = half(sample.to(dtype), t, audio.to(dtype))
+    assert out.dtype == dtype
+    err = (out.float() - reference_output).abs().max() / reference_output.abs().max()
+    assert err <= tol

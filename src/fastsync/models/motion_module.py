@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fastsync.config import MotionModuleConfig
 from fastsync.models.attention import Attention, FeedForward
+from fastsync.models.resnet import fold_frames
 
 
 class SinusoidalPositions(nn.Module):
@@ -112,8 +113,7 @@ class TemporalTransformer(nn.Module):
                 f"run the UNet on chunks of at most {self.max_frames} frames"
             )
         # 1. per-frame GroupNorm: statistics over (C, H, W) of each frame
-        h = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        h = self.norm(h).reshape(batch, frames, channels, height, width)
+        h = self.norm(fold_frames(x)).reshape(batch, frames, channels, height, width)
         # 2. one sequence of F tokens per spatial position: (B*H*W, F, C)
         h = h.permute(0, 3, 4, 1, 2).reshape(batch * height * width, frames, channels)
         h = self.proj_in(h)  # (B*H*W, F, inner)

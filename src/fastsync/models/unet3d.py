@@ -35,7 +35,7 @@ from fastsync.models.unet_blocks import BlockSpec, DownBlock, MidBlock, UpBlock
 DOWN_TYPES = {"CrossAttnDownBlock3D": True, "DownBlock3D": False}  # name -> has cross-attention
 UP_TYPES = {"CrossAttnUpBlock3D": True, "UpBlock3D": False}
 MID_TYPE = "UNetMidBlock3DCrossAttn"
-MAX_PERIOD = 10000  # sinusoidal timestep features: wavelengths from 2*pi to 2*pi*10000
+MAX_PERIOD = 10000  # sinusoidal timestep features: periods from 2*pi up to about 2*pi*10000 steps
 
 
 def validate_config(config: UNetConfig) -> None:
