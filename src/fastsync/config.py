@@ -110,8 +110,19 @@ VERSIONS: dict[str, tuple[str, int]] = {
 }
 
 
+# `--model-size tiny` is for CPU runs (CI, trials without weights). Spatial attention
+# costs tokens^2: at 512 px the tiny UNet still attends over 64*64 = 4096 latent tokens
+# per frame, about 4 s of CPU per output frame. At 128 px faces it is 256 tokens, and a
+# 10 s clip runs in a couple of minutes on two cores. Everything else is unchanged.
+TINY_RESOLUTION = 128
+
+
+def face_resolution(version: str, model_size: str = "full") -> int:
+    return TINY_RESOLUTION if model_size == "tiny" else VERSIONS[version][1]
+
+
 def unet_config_for(version: str, model_size: str = "full") -> UNetConfig:
-    preset, resolution = VERSIONS[version]
+    preset, _ = VERSIONS[version]
     if model_size == "tiny":
-        return dataclasses.replace(UNET_PRESETS["tiny"], sample_size=resolution // 8)
+        return dataclasses.replace(UNET_PRESETS["tiny"], sample_size=TINY_RESOLUTION // 8)
     return UNET_PRESETS[preset]

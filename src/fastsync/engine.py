@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastsync.checkpoints import CheckpointLayout
-from fastsync.config import VERSIONS, unet_config_for
+from fastsync.config import VERSIONS, face_resolution, unet_config_for
 from fastsync.errors import FastsyncError
 
 
@@ -26,9 +26,9 @@ class FastOptions:
 
     batch_vae: bool = True  # masked + reference faces in one VAE encode call
     overlap: bool = True  # decode/align, GPU denoise and paste/encode run concurrently
-    channels_last: bool = True
-    compile: bool = False  # regional torch.compile of the repeated UNet blocks (CUDA only)
-    cuda_graphs: bool = False  # capture the fixed-shape denoise step (CUDA only)
+    channels_last: bool = True  # NDHWC activations: the per-frame reshapes become free views
+    compile: bool = True  # regional torch.compile of the repeated UNet blocks (CUDA only)
+    cuda_graphs: bool = True  # capture the fixed-shape denoise steps (CUDA only)
     face_workers: int = 4  # threads for face detection and paste-back
 
 
@@ -55,7 +55,7 @@ class EngineOptions:
 
     @property
     def resolution(self) -> int:
-        return VERSIONS[self.version][1]
+        return face_resolution(self.version, self.model_size)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -87,6 +87,8 @@ class Components:
     device: torch.device
     dtype: torch.dtype
     options: EngineOptions
+    # Built lazily and kept across jobs: predictors with their captured graphs, by shape.
+    cache: dict = field(default_factory=dict)
 
 
 def load_components(options: EngineOptions) -> Components:
@@ -104,16 +106,23 @@ def load_components(options: EngineOptions) -> Components:
     if options.random_weights:
         unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
         vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
-        whisper = random_whisper_encoder(seed=options.seed)
+        whisper = random_whisper_encoder(seed=options.seed, dtype=dtype)
     else:
         unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
-        whisper = load_whisper_encoder(layout.require(layout.whisper, options.version))
+        whisper = load_whisper_encoder(layout.require(layout.whisper, options.version), dtype=dtype)
         vae = load_vae(layout.vae_dir)
     vae = vae.to(device=device, dtype=dtype)
+    # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).
     whisper = whisper.to(device=device)
     landmarker = make_landmarker(options.face_backend, layout.root, device)
     mask = torch.from_numpy(mask_for_resolution(options.resolution)).float()
-    return Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype, options)
+    components = Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype,
+                            options)
+    if options.mode == "fast":
+        from fastsync.accel.setup import prepare_fast
+
+        prepare_fast(components)
+    return components
 
 
 def with_mode(options: EngineOptions, mode: str) -> EngineOptions:

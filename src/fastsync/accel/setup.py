@@ -1,0 +1,29 @@
+"""Apply fast mode's model-level switches once, at load time.
+
+Each switch is in `FastOptions` and each has a test showing the switched path equals
+the plain one within a stated tolerance (tests/test_accel_*.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fastsync.engine import Components
+
+
+def prepare_fast(c: Components) -> dict[str, float]:
+    """channels_last weights; regional compile on CUDA. Returns seconds spent, by name."""
+    fast = c.options.fast
+    spent: dict[str, float] = {}
+    if fast.channels_last:
+        c.unet.to(memory_format=torch.channels_last)
+        c.vae.to(memory_format=torch.channels_last)
+    if fast.compile and c.device.type == "cuda":
+        from fastsync.accel.compile import compile_regions
+
+        started = time.perf_counter()
+        compile_regions(c.unet)  # lazy: the compilation itself happens on the first call
+        spent["compile_setup_s"] = time.perf_counter() - started
+    return spent
