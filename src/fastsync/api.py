@@ -24,12 +24,12 @@ class LipSync:
         self.load_seconds = load_seconds
 
     @classmethod
-    def load(cls, **engine_options) -> "LipSync":
+    def load(cls, **engine_options) -> LipSync:
         """Keyword arguments are EngineOptions fields (version, checkpoint_dir, random_weights, ...)."""
         return cls.from_options(EngineOptions(**engine_options))
 
     @classmethod
-    def from_options(cls, options: EngineOptions) -> "LipSync":
+    def from_options(cls, options: EngineOptions) -> LipSync:
         started = time.perf_counter()
         components = load_components(options)
         return cls(components, time.perf_counter() - started)

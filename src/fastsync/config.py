@@ -67,7 +67,7 @@ class UNetConfig:
     motion_module_kwargs: MotionModuleConfig = field(default_factory=MotionModuleConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> UNetConfig:
         """Build from a yaml/json `model:` section; unknown keys are an error, not ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
@@ -87,7 +87,7 @@ class UNetConfig:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "UNetConfig":
+    def from_json(cls, path: str | Path) -> UNetConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,8 +14,8 @@ noise and stays comparable with the reference mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

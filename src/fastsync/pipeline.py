@@ -16,10 +16,10 @@ In fast mode, preparing chunk k+1 (decode, detect, align) and finishing chunk k-
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

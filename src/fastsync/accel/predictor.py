@@ -8,7 +8,7 @@ the full and the cached DeepCache steps.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

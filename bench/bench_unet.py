@@ -1,0 +1,105 @@
+"""UNet micro-benchmark: one CFG forward (2 x 16 frames at 512 px), full-size random weights.
+
+Variants, side by side in one process:
+  eager          fp16, contiguous, SDPA   (what the reference's eager fp16 does)
+  eager_cl       + channels_last_3d activations and weights
+  compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
+  compiled_graph + the forward captured as a CUDA graph
+Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
+peak memory, and the top CUDA ops of the eager forward.
+
+    python bench/bench_unet.py --out bench/results/unet_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import UNET_FORWARD_TFLOP, cuda_time, environment, save
+from fastsync.accel.graphs import GraphedCall
+from fastsync.config import UNET_PRESETS
+from fastsync.models.loading import random_unet
+
+
+def inputs(dtype, frames=16, size=64, batch=2):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sample = torch.randn(batch, 13, frames, size, size, generator=g, device="cuda", dtype=dtype)
+    audio = torch.randn(batch * frames, 50, 384, generator=g, device="cuda", dtype=dtype)
+    t = torch.tensor(501, device="cuda")
+    return sample, t, audio
+
+
+def top_ops(fn, n=15) -> list[dict]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)[:n]
+    return [{"op": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 2)} for e in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("bench/results/unet_h100.json"))
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True
+    dtype = torch.float16
+    results: dict = {"environment": environment(), "tflop_per_forward": UNET_FORWARD_TFLOP, "variants": {}}
+
+    started = time.perf_counter()
+    unet = random_unet(UNET_PRESETS["stage2_512"], seed=0, device="cuda", dtype=dtype).eval()
+    results["build_s"] = round(time.perf_counter() - started, 2)
+    sample, t, audio = inputs(dtype)
+
+    def record(name, fn, extra=None):
+        torch.cuda.reset_peak_memory_stats()
+        timing = cuda_time(fn)
+        timing["tflops"] = round(UNET_FORWARD_TFLOP / timing["median_s"], 1)
+        timing["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        timing.update(extra or {})
+        results["variants"][name] = timing
+        print(f"{name:16s} {timing['median_s'] * 1e3:8.1f} ms  {timing['tflops']:6.1f} TFLOP/s  "
+              f"peak {timing['peak_allocated_gb']} GB", flush=True)
+
+    with torch.no_grad():
+        reference_out = unet(sample, t, audio).float()
+        record("eager", lambda: unet(sample, t, audio))
+        results["top_ops_eager"] = top_ops(lambda: unet(sample, t, audio))
+
+        unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+        sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
+        out = unet_cl(sample_cl, t, audio).float()
+        err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+        record("eager_cl", lambda: unet_cl(sample_cl, t, audio), {"rel_err_vs_eager": err})
+        results["top_ops_eager_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
+
+        if not args.skip_compile:
+            from fastsync.accel.compile import compile_regions
+
+            n = compile_regions(unet_cl)
+            started = time.perf_counter()
+            out = unet_cl(sample_cl, t, audio).float()
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - started
+            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+            record("compiled_cl", lambda: unet_cl(sample_cl, t, audio),
+                   {"rel_err_vs_eager": err, "compile_s": round(compile_s, 1), "regions": n})
+            results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
+
+        started = time.perf_counter()
+        graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+        capture_s = time.perf_counter() - started
+        out = graph(sample_cl, t, audio).float()
+        err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+        record("compiled_graph" if not args.skip_compile else "eager_cl_graph",
+               lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
+    save(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

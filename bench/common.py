@@ -1,0 +1,59 @@
+"""Shared helpers for the GPU benchmarks: timing with CUDA events, environment record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+UNET_FORWARD_TFLOP = 35.25  # one CFG pair x 16 frames at 512 px (REFERENCE.md)
+
+
+def cuda_time(fn, *, warmup: int = 3, repeat: int = 10) -> dict:
+    """Median/min seconds of fn() measured with CUDA events (after warm-up)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeat": repeat}
+
+
+def wall(fn) -> tuple[object, float]:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - started
+
+
+def environment() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "sm_count": props.multi_processor_count,
+        "memory_gb": round(props.total_memory / 1e9, 1),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
