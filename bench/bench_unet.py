@@ -63,6 +63,7 @@ def main() -> None:
         timing["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         timing.update(extra or {})
         results["variants"][name] = timing
+        save(results, args.out)
         print(f"{name:16s} {timing['median_s'] * 1e3:8.1f} ms  {timing['tflops']:6.1f} TFLOP/s  "
               f"peak {timing['peak_allocated_gb']} GB", flush=True)
 
@@ -70,6 +71,8 @@ def main() -> None:
         reference_out = unet(sample, t, audio).float()
         record("eager", lambda: unet(sample, t, audio))
         results["top_ops_eager"] = top_ops(lambda: unet(sample, t, audio))
+        for row in results["top_ops_eager"]:
+            print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
 
         unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
@@ -90,6 +93,8 @@ def main() -> None:
             record("compiled_cl", lambda: unet_cl(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, "compile_s": round(compile_s, 1), "regions": n})
             results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
+            for row in results["top_ops_compiled_cl"]:
+                print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
 
         started = time.perf_counter()
         graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))

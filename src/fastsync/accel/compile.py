@@ -32,6 +32,10 @@ def configure_inductor(cache_dir: str | None = None) -> None:
     import torch._inductor.config as inductor
 
     inductor.fx_graph_cache = True
+    # Every distinct block shape is one "recompile" of the same code object (about 40 for
+    # the full UNet); the default limit of 8 would fall back to errors.
+    torch._dynamo.config.recompile_limit = 128
+    torch._dynamo.config.accumulated_recompile_limit = 1024
     # Convs and matmuls stay with cuDNN/cuBLAS; inductor fuses the norms and pointwise ops
     # around them, which is where eager PyTorch loses its time on this model.
     inductor.coordinate_descent_tuning = False
