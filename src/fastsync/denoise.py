@@ -58,6 +58,7 @@ class ChunkDenoiser:
         device: torch.device,
         dtype: torch.dtype,
         batch_vae: bool = False,
+        vae_micro_batch: int = 0,
         on_chunk_start: Callable[[], None] | None = None,
     ):
         self.predict = predict
@@ -67,6 +68,10 @@ class ChunkDenoiser:
         self.device = device
         self.dtype = dtype
         self.batch_vae = batch_vae
+        # 0 = whole chunk per VAE call (the reference). A 512 px frame's VAE activations
+        # take ~0.3 GB, so micro-batches cap peak memory; frames are independent in the
+        # 2D VAE, so the split changes nothing but the order of float rounding.
+        self.vae_micro_batch = vae_micro_batch
         self.on_chunk_start = on_chunk_start
         res = mask.shape[-1]
         self.latent_size = res // VAE_DOWNSCALE
@@ -86,19 +91,27 @@ class ChunkDenoiser:
         eps = torch.randn(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
         return mean + std * eps
 
-    def _encode(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Encode each (F,3,H,W) tensor; one VAE call for all of them when batch_vae is set."""
+    def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the VAE posterior for (N, 3, H, W) pixels, in micro-batches."""
+        step = self.vae_micro_batch or pixels.shape[0]
+        dists = [self.vae.encode(part).latent_dist for part in pixels.split(step)]
+        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+    def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode each (F,3,H,W) tensor; all of them in one batch when batch_vae is set."""
         if self.batch_vae:
-            dist = self.vae.encode(torch.cat(pixels)).latent_dist
-            means, stds = dist.mean.chunk(len(pixels)), dist.std.chunk(len(pixels))
+            mean, std = self._posterior(torch.cat(pixels))
+            means, stds = mean.chunk(len(pixels)), std.chunk(len(pixels))
         else:
-            dists = [self.vae.encode(p).latent_dist for p in pixels]
-            means, stds = [d.mean for d in dists], [d.std for d in dists]
+            pairs = [self._posterior(p) for p in pixels]
+            means, stds = [m for m, _ in pairs], [s for _, s in pairs]
         # Noise is drawn per input in order, exactly as separate `latent_dist.sample()` calls would.
         return [(self._posterior_sample(m, s) - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR for m, s in zip(means, stds)]
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR).sample
+        latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
+        step = self.vae_micro_batch or latents.shape[0]
+        return torch.cat([self.vae.decode(part).sample for part in latents.split(step)])
 
     # -- one chunk -------------------------------------------------------------------------
     @torch.no_grad()

@@ -30,6 +30,7 @@ class FastOptions:
     compile: bool = True  # regional torch.compile of the repeated UNet blocks (CUDA only)
     cuda_graphs: bool = True  # capture the fixed-shape denoise steps (CUDA only)
     face_workers: int = 4  # threads for face detection and paste-back
+    vae_micro_batch: int = 8  # frames per VAE call: bounds peak GPU memory at 512 px
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,44 @@ class Components:
     cache: dict = field(default_factory=dict)
 
 
+class LazyLandmarker:
+    """Builds the landmarker on its first detection.
+
+    Runs whose faces all come from a landmark cache never load a face model, so they
+    also work where the face model's files are absent.
+    """
+
+    def __init__(self, kind: str, checkpoint_dir: Path, device: torch.device):
+        from fastsync.face.landmarks import insightface_available
+
+        if kind == "auto":
+            kind = "insightface" if insightface_available(checkpoint_dir) else "dlib"
+        self.kind, self.checkpoint_dir, self.device = kind, checkpoint_dir, device
+        self._landmarker = None
+        if kind == "insightface":  # fail now, not mid-job, when its files are missing
+            self._build()
+
+    def _build(self):
+        if self._landmarker is None:
+            from fastsync.face.landmarks import make_landmarker
+
+            self._landmarker = make_landmarker(self.kind, self.checkpoint_dir, self.device)
+        return self._landmarker
+
+    @property
+    def name(self) -> str:
+        if self.kind == "dlib":
+            from fastsync.face.dlib_backend import DlibLandmarker
+
+            return DlibLandmarker.name
+        return self._build().name
+
+    def detect(self, frame):
+        return self._build().detect(frame)
+
+
 def load_components(options: EngineOptions) -> Components:
     from fastsync.components import load_vae, make_scheduler, random_vae
-    from fastsync.face.landmarks import make_landmarker
     from fastsync.face.mask import mask_for_resolution
     from fastsync.models.loading import load_unet, random_unet
     from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
@@ -114,7 +150,7 @@ def load_components(options: EngineOptions) -> Components:
     vae = vae.to(device=device, dtype=dtype)
     # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).
     whisper = whisper.to(device=device)
-    landmarker = make_landmarker(options.face_backend, layout.root, device)
+    landmarker = LazyLandmarker(options.face_backend, layout.root, device)
     mask = torch.from_numpy(mask_for_resolution(options.resolution)).float()
     components = Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype,
                             options)

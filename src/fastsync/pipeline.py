@@ -217,7 +217,7 @@ class Job:
 
         denoiser = self._denoiser()
         workers = ThreadPoolExecutor(self.c.options.fast.face_workers) if self.fast else None
-        cache = LandmarkCache(self.landmarks_cache, video, type(self.c.landmarker).__name__)
+        cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
         tracker = FaceTracker(self.c, workers, cache)
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
         bar = Progress(n, "lip-sync", enabled=self.progress)
@@ -248,6 +248,7 @@ class Job:
         return ChunkDenoiser(predict, self.c.vae, self.c.scheduler, self.c.mask, self.sampling,
                              device=self.c.device, dtype=self.c.dtype,
                              batch_vae=self.fast and self.c.options.fast.batch_vae,
+                             vae_micro_batch=self.c.options.fast.vae_micro_batch if self.fast else 0,
                              on_chunk_start=on_chunk_start)
 
     def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser) -> np.ndarray | None:

@@ -23,7 +23,8 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
 
     predict, reset = make_predictor(c, sampling)
     denoiser = ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, sampling, device=c.device, dtype=c.dtype,
-                             batch_vae=c.options.fast.batch_vae, on_chunk_start=reset)
+                             batch_vae=c.options.fast.batch_vae,
+                             vae_micro_batch=c.options.fast.vae_micro_batch, on_chunk_start=reset)
     res, frames = c.mask.shape[-1], sampling.num_frames
     generator = torch.Generator().manual_seed(0)
     faces = torch.randint(0, 256, (frames, 3, res, res), dtype=torch.uint8, generator=generator)

@@ -1,13 +1,14 @@
 """A landmark cache: detection results per source frame, saved to a small JSON file.
 
 Dubbing one video into many languages re-runs the same face detection each time;
-with `--landmarks-cache FILE` it runs once. The file is tied to the video by name,
-size and modification time, and to the landmarker that made it; on any mismatch it
-is ignored and rewritten, never trusted.
+with `--landmarks-cache FILE` it runs once. The file is tied to the video's content
+(size and SHA-256) and to the landmarker that made it; on any mismatch it is ignored
+and rewritten, never trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,16 +18,22 @@ import numpy as np
 FORMAT = 1
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _video_key(video: Path, backend: str) -> dict:
-    stat = video.stat()
-    return {"format": FORMAT, "video": video.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "backend": backend}
+    return {"format": FORMAT, "bytes": video.stat().st_size, "sha256": _sha256(video), "backend": backend}
 
 
 class LandmarkCache:
     def __init__(self, path: Path | None, video: Path, backend: str):
         self.path = None if path is None else Path(path)
-        self.key = _video_key(Path(video), backend)
+        self.key = _video_key(Path(video), backend) if self.path is not None else {}
         self.entries: dict[int, tuple[np.ndarray, int] | None] = {}
         self.loaded = 0
         if self.path is not None and self.path.is_file():

@@ -1,0 +1,106 @@
+"""End-to-end: the demo1 job in reference mode and in fast mode, side by side, one process.
+
+Random full-size weights (same seed for both modes), 512 px, 20 DDIM steps, guidance 1.5,
+DeepCache interval 3. Face landmarks come from a landmark cache made beforehand by the
+same dlib landmarker on the CPU (the GPU machine has no dlib model): both modes read
+the same cache, so face *detection* is excluded from both; alignment, warping and
+paste-back are included. Writes a JSON with every figure and the side-by-side ratios.
+
+    python -m bench.bench_e2e --video V --audio A --landmarks L --out bench/results/e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, save
+from fastsync import stages
+from fastsync.api import LipSync
+from fastsync.denoise import SamplingOptions
+from fastsync.engine import EngineOptions, FastOptions
+from fastsync.tools.quality import compare_videos
+
+
+def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs: int) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    engine = LipSync.from_options(EngineOptions(random_weights=True, device="cuda", mode=mode, fast=fast))
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    warm = engine.warm_up(sampling)
+    warm_s = time.perf_counter() - started
+    result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
+              "runs": []}
+    for k in range(runs):
+        torch.cuda.reset_peak_memory_stats()
+        clock = stages.StageClock()
+        output = args.work / f"{mode}_{k}.mp4"
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        report = engine.run(args.video, args.audio, output, sampling=sampling, clock=clock,
+                            landmarks_cache=args.landmarks)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+        result["runs"].append({
+            "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
+            "stage_busy_s": clock.as_dict(),
+            "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
+        })
+        result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
+        print(mode, result["runs"][-1], flush=True)
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--video", type=Path, required=True)
+    parser.add_argument("--audio", type=Path, required=True)
+    parser.add_argument("--landmarks", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fastsync-bench"))
+    parser.add_argument("--modes", default="reference,fast")
+    parser.add_argument("--fast-runs", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-graphs", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = True
+    sampling = SamplingOptions()  # official settings: 20 steps, guidance 1.5, DeepCache 3, seed 1247
+    fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs)
+    results = {"environment": environment(), "settings": {"resolution": 512, **sampling.__dict__},
+               "fast_options": fast.__dict__, "modes": {}}
+    for mode in args.modes.split(","):
+        results["modes"][mode] = run_mode(mode, args, sampling, fast, 1 if mode == "reference" else args.fast_runs)
+        save(results, args.out)
+    if {"reference", "fast"} <= set(results["modes"]):
+        ref, fast_r = results["modes"]["reference"], results["modes"]["fast"]
+        quality = compare_videos(Path(ref["output"]), Path(fast_r["output"]), ref["mouth_boxes"])
+        results["fidelity_fast_vs_reference"] = quality.as_dict()
+        ref_wall = ref["runs"][0]["wall_s"]
+        best_fast = min(r["wall_s"] for r in fast_r["runs"])
+        results["ratios"] = {
+            "e2e_wall_reference_over_fast": round(ref_wall / best_fast, 2),
+            "peak_allocated_reference_over_fast": round(
+                ref["runs"][0]["peak_allocated_gb"] / min(r["peak_allocated_gb"] for r in fast_r["runs"]), 2),
+        }
+        print("fidelity", results["fidelity_fast_vs_reference"], "ratios", results["ratios"], flush=True)
+    for mode in results["modes"].values():
+        mode.pop("mouth_boxes", None)
+    results["host_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+    save(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
