@@ -91,11 +91,27 @@ class ChunkDenoiser:
         eps = torch.randn(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
         return mean + std * eps
 
+    def _micro_batches(self, x: torch.Tensor, fn) -> list:
+        """fn over fixed-size slices of x; a short last slice is zero-padded and the padding
+        dropped, so compiled VAE regions always see one shape (frames are independent)."""
+        if not self.vae_micro_batch:
+            return [fn(x)]
+        size, out = self.vae_micro_batch, []
+        for part in x.split(size):
+            n = part.shape[0]
+            if n < size:
+                part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+            out.append(fn(part)[:n])
+        return out
+
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the VAE posterior for (N, 3, H, W) pixels, in micro-batches."""
-        step = self.vae_micro_batch or pixels.shape[0]
-        dists = [self.vae.encode(part).latent_dist for part in pixels.split(step)]
-        return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+        def moments(part):
+            dist = self.vae.encode(part).latent_dist
+            return torch.stack([dist.mean, dist.std])
+
+        stacked = torch.cat(self._micro_batches(pixels, lambda p: moments(p).transpose(0, 1)))
+        return stacked[:, 0], stacked[:, 1]
 
     def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Encode each (F,3,H,W) tensor; all of them in one batch when batch_vae is set."""
@@ -110,8 +126,7 @@ class ChunkDenoiser:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
-        step = self.vae_micro_batch or latents.shape[0]
-        return torch.cat([self.vae.decode(part).sample for part in latents.split(step)])
+        return torch.cat(self._micro_batches(latents, lambda part: self.vae.decode(part).sample))
 
     # -- one chunk -------------------------------------------------------------------------
     @torch.no_grad()

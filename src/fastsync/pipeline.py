@@ -196,11 +196,12 @@ class Job:
         step = self.sampling.num_frames
         source = iter(FrameSource(video, n))
         for index, start in enumerate(range(0, n, step)):
-            with self.clock.stage(stages.ALIGN):
+            with self.clock.stage(stages.ALIGN):  # decode + landmarks + warp of one chunk
                 pairs = [next(source) for _ in range(min(step, n - start))]  # (source index, frame)
                 sources, frames = [p[0] for p in pairs], [p[1] for p in pairs]
                 faces, affines = zip(*tracker.process(sources, frames))
-                yield Chunk(index, frames, _faces_tensor(list(faces)), list(affines), audio[start:start + step])
+                chunk = Chunk(index, frames, _faces_tensor(list(faces)), list(affines), audio[start:start + step])
+            yield chunk  # outside the stage: the consumer's time is not ours
 
     # -- the job ------------------------------------------------------------------------------
     def run(self, video: Path, audio_path: Path, output: Path) -> JobReport:
@@ -222,8 +223,9 @@ class Job:
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
         bar = Progress(n, "lip-sync", enabled=self.progress)
         try:
+            preset = self.c.options.fast.x264_preset if self.fast else "medium"
             with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
-                             sample_rate=AUDIO_SAMPLE_RATE) as writer:
+                             sample_rate=AUDIO_SAMPLE_RATE, preset=preset) as writer:
                 chunks = self._chunks(video, audio, tracker)
                 if self.fast and self.c.options.fast.overlap:
                     self._run_overlapped(chunks, denoiser, writer, workers, bar)

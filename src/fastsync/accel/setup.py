@@ -17,13 +17,20 @@ def prepare_fast(c: Components) -> dict[str, float]:
     """channels_last weights; regional compile on CUDA. Returns seconds spent, by name."""
     fast = c.options.fast
     spent: dict[str, float] = {}
+    if fast.motion_attention:
+        from fastsync.models.motion_module import TemporalSelfAttention
+
+        for module in c.unet.modules():
+            if isinstance(module, TemporalSelfAttention):
+                module.backend = fast.motion_attention
     if fast.channels_last:
         c.unet.to(memory_format=torch.channels_last)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
-        from fastsync.accel.compile import compile_regions
+        from fastsync.accel.compile import compile_regions, compile_vae_regions
 
         started = time.perf_counter()
         compile_regions(c.unet)  # lazy: the compilation itself happens on the first call
+        compile_vae_regions(c.vae)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent

@@ -9,6 +9,11 @@ the machine at import time:
             calls, so fused flash / memory-efficient kernels are used where available).
     "math"  softmax(q k^T / sqrt(d)) v written out, with the softmax in fp32. A readable
             fallback and the yardstick the fused kernels are tested against.
+    "sdpa-efficient"  SDPA restricted to its memory-efficient kernel (math where that
+            kernel does not apply, e.g. on the CPU).
+
+A layer may also carry its own choice (`Attention.backend`, None = the global one): fast
+mode sets it on the motion modules only, from outside the model.
 
 Both use the scale 1/sqrt(head_dim) and no mask, as every attention in LatentSync does.
 """
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastsync.models.resnet import fold_frames, unfold_frames
 
@@ -42,9 +48,16 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def _sdpa_efficient_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    # The memory-efficient kernel only: fastest for the motion modules' 16-token sequences.
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
 BACKENDS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "math": _math_attention,
     "sdpa": _sdpa_attention,
+    "sdpa-efficient": _sdpa_efficient_attention,
 }
 DEFAULT_BACKEND = "sdpa"
 _current_backend = DEFAULT_BACKEND
@@ -105,6 +118,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         # A list so the key is `to_out.0`; the reference's `to_out.1` is a p=0 dropout.
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim)])
+        self.backend: str | None = None  # None = the global backend; set from outside only
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, dim = x.shape
@@ -116,7 +130,7 @@ class Attention(nn.Module):
         q = self._split_heads(self.to_q(x))  # (B, nh, L, hd)
         k = self._split_heads(self.to_k(context))  # (B, nh, S, hd)
         v = self._split_heads(self.to_v(context))  # (B, nh, S, hd)
-        out = attention(q, k, v)  # (B, nh, L, hd)
+        out = attention(q, k, v, backend=self.backend)  # (B, nh, L, hd)
         out = out.transpose(1, 2).flatten(2)  # (B, L, inner_dim)
         return self.to_out[0](out)  # (B, L, query_dim)
 
