@@ -1,0 +1,93 @@
+"""The issue-5 benchmark in one GPU session: UNet micro-benchmark, then the demo1 job in
+reference and fast mode side by side; merges everything with the targets into
+bench/results/<gpu>.json (e.g. h100.json, h200.json: named after the GPU it ran on).
+
+    python -m bench.run_all --video demo1_video.mp4 --audio demo1_audio.wav \
+        --landmarks demo1_landmarks.json --out-dir bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, save
+
+TARGETS = {
+    "unet_forward_s": ("<=", 0.085),
+    "unet_tflops": (">=", 415),
+    "e2e_wall_s": ("<=", 10.0),
+    "peak_gpu_allocated_gb": ("<=", 5.0),
+    "psnr_db": (">=", 35.0),
+    "ssim": (">=", 0.98),
+}
+
+
+def _run(module: str, *args: str) -> None:
+    print(f"== {module} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", module, *args], check=True)
+
+
+def _verdict(measured: dict) -> dict:
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        value = measured.get(key)
+        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out[key] = {"measured": value, "target": f"{op} {bound}", "met": ok}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--video", required=True)
+    parser.add_argument("--audio", required=True)
+    parser.add_argument("--landmarks", required=True)
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name(0)
+    slug = "h100" if "H100" in gpu else "h200" if "H200" in gpu else gpu.lower().replace(" ", "_")
+    work = args.out_dir
+    unet_json, e2e_json = work / f"unet_{slug}.json", work / f"e2e_{slug}.json"
+    _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
+    _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
+         "--out", str(e2e_json))
+    unet, e2e = json.loads(unet_json.read_text()), json.loads(e2e_json.read_text())
+    fast_unet, eager_unet = unet["variants"]["compiled_graph"], unet["variants"]["eager"]
+    ref, fast = e2e["modes"]["reference"], e2e["modes"]["fast"]
+    best_fast = min(fast["runs"], key=lambda r: r["wall_s"])
+    measured = {
+        "unet_forward_s": round(fast_unet["median_s"], 4),
+        "unet_tflops": fast_unet["tflops"],
+        "e2e_wall_s": best_fast["wall_s"],
+        "peak_gpu_allocated_gb": best_fast["peak_allocated_gb"],
+        "psnr_db": e2e["fidelity_fast_vs_reference"]["psnr_db"],
+        "ssim": e2e["fidelity_fast_vs_reference"]["ssim"],
+    }
+    results = {
+        "environment": environment(),
+        "targets": _verdict(measured),
+        "side_by_side": {
+            "unet_forward_eager_s": round(eager_unet["median_s"], 4),
+            "unet_forward_fast_s": round(fast_unet["median_s"], 4),
+            "unet_speedup": round(eager_unet["median_s"] / fast_unet["median_s"], 2),
+            "e2e_reference_wall_s": ref["runs"][0]["wall_s"],
+            "e2e_fast_wall_s": best_fast["wall_s"],
+            "e2e_speedup": e2e["ratios"]["e2e_wall_reference_over_fast"],
+            "peak_allocated_reference_gb": ref["runs"][0]["peak_allocated_gb"],
+            "peak_allocated_fast_gb": best_fast["peak_allocated_gb"],
+            "fidelity": e2e["fidelity_fast_vs_reference"],
+            "fast_one_time": {k: v for k, v in fast.items() if k.endswith("_s")},
+        },
+        "details": {"unet": unet_json.name, "e2e": e2e_json.name},
+    }
+    save(results, work / f"{slug}.json")
+    print(json.dumps(results["targets"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
