@@ -15,7 +15,8 @@ from pathlib import Path
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
 from fastsync.engine import Components, EngineOptions, load_components
-from fastsync.pipeline import Job, JobReport
+from fastsync.errors import FastsyncError
+from fastsync.pipeline import Job, JobReport, check_inputs
 
 
 class LipSync:
@@ -58,12 +59,16 @@ def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOpt
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
-    return SamplingOptions(steps=args.steps, guidance=args.guidance, seed=args.seed,
-                           deepcache_interval=args.deepcache_interval)
+    try:
+        return SamplingOptions(steps=args.steps, guidance=args.guidance, seed=args.seed,
+                               deepcache_interval=args.deepcache_interval)
+    except ValueError as exc:  # a bad option value: a usage error, not a crash
+        raise FastsyncError(str(exc), hint="see `fastsync run --help`") from exc
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    sampling = sampling_from_args(args)  # validate options before loading anything
+    sampling = sampling_from_args(args)  # validate options and inputs before loading anything
+    check_inputs(args.video, args.audio, args.output)
     clock = stages.StageClock()
     with clock.stage(stages.INIT):
         engine = LipSync.from_options(engine_options_from_args(args))

@@ -19,7 +19,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-weights", action="store_true",
                    help="build every model with seeded random weights (no download; output is noise in the mouth)")
     g.add_argument("--model-size", choices=["full", "tiny"], default="full",
-                   help="'tiny' = narrow UNet for fast CPU runs (random weights only)")
+                   help="'tiny' = narrow UNet for fast CPU runs (with --random-weights, or tiny test weights)")
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--face-backend", choices=["auto", "insightface", "dlib"], default="auto",
                    help="auto = InsightFace when its models are in the checkpoint dir, else the embedded dlib one")

@@ -27,7 +27,7 @@ import torch
 from fastsync import stages
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
-from fastsync.errors import NoFaceError
+from fastsync.errors import InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
 from fastsync.progress import Progress
 
@@ -166,6 +166,31 @@ def _paste(frame: np.ndarray, face: np.ndarray, affine: np.ndarray | None) -> np
     return frame if affine is None else paste_back(frame, face, affine)
 
 
+def load_job_audio(path: Path) -> np.ndarray:
+    """16 kHz samples of `path`; InputError naming the file when it is missing, unreadable,
+    empty, silent or too short to give one audio feature."""
+    from fastsync.audio.features import MIN_SAMPLES
+    from fastsync.media.audio import load_audio
+
+    samples = load_audio(path)  # refuses missing, unreadable, empty and silent tracks
+    if len(samples) < MIN_SAMPLES:
+        raise InputError(f"the audio is too short to lip-sync: {len(samples)} samples, need at least "
+                         f"{MIN_SAMPLES} ({MIN_SAMPLES / AUDIO_SAMPLE_RATE * 1000:.0f} ms)", path,
+                         hint="pass a longer audio track")
+    return samples
+
+
+def check_inputs(video: Path, audio: Path, output: Path) -> None:
+    """Every input check that needs no model. The CLI runs it before loading the weights,
+    so a wrong path fails at once, not after the load (a minute with the full model)."""
+    from fastsync.media.video import probe_video
+    from fastsync.media.writer import check_output_writable
+
+    check_output_writable(output)
+    probe_video(video)
+    load_job_audio(audio)
+
+
 class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
                  clock: stages.StageClock | None = None, landmarks_cache: Path | None = None):
@@ -180,10 +205,8 @@ class Job:
     # -- inputs ------------------------------------------------------------------------------
     def _audio(self, audio_path: Path) -> tuple[np.ndarray, torch.Tensor]:
         from fastsync.audio.features import audio_chunks, encode_audio
-        from fastsync.media.audio import check_not_silent, load_audio
 
-        samples = load_audio(audio_path)
-        check_not_silent(samples, audio_path)
+        samples = load_job_audio(audio_path)
         with self.clock.stage(stages.AUDIO):
             features = encode_audio(samples, self.c.whisper, self.c.device)
             chunks = audio_chunks(features).cpu()  # (N, 50, 384)
@@ -235,6 +258,8 @@ class Job:
                 if tracker.without_face == n:
                     raise NoFaceError("no face was found in any frame", video,
                                       hint="fastsync needs a visible, roughly frontal face")
+                with self.clock.stage(stages.WRITE):  # x264 holds its look-ahead until the flush
+                    writer.close()
         finally:
             bar.close()
             if workers is not None:

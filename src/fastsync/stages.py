@@ -29,7 +29,11 @@ class StageClock:
     def __init__(self, sync_cuda: bool = False):
         # With sync_cuda the GPU is synchronised at stage exits so that GPU time is
         # charged to the stage that queued it (the profiler asks for this; runs don't).
+        # Only on the thread that made the clock (the job's): worker threads (decode, detect,
+        # paste, encode) queue no CUDA work, and a device-wide sync there would wait for the
+        # denoiser's kernels and charge them to the worker's stage.
         self.sync_cuda = sync_cuda and torch.cuda.is_available()
+        self._sync_thread = threading.get_ident()
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -41,7 +45,7 @@ class StageClock:
             try:
                 yield
             finally:
-                if self.sync_cuda:
+                if self.sync_cuda and threading.get_ident() == self._sync_thread:
                     torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         with self._lock:

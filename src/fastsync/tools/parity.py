@@ -117,7 +117,10 @@ def run_case(kind: str, case: str, files: dict[str, Path]) -> CaseResult:
 
 def check_parity(directory: Path, echo: Callable[[str], None] = print) -> list[CaseResult]:
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: not a directory of golden cases")
+        from fastsync.errors import InputError
+
+        raise InputError("not a directory of golden cases", directory,
+                         hint="pass the folder that holds unet_*/whisper_*/align_* files")
     cases = discover(directory)
     results = []
     for kind, case, files in cases:

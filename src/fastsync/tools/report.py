@@ -85,6 +85,12 @@ def _gb(n) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: stage labels such as `04|unet-denoise-loop` hold a pipe,
+    which would otherwise split the cell in two."""
+    return str(text).replace("|", "\\|")
+
+
 def to_markdown(r: dict) -> str:
     env = r["environment"]
     lines = [
@@ -97,9 +103,9 @@ def to_markdown(r: dict) -> str:
         "|---|---:|",
     ]
     for name, value in r["stages"]["one_time"].items():
-        lines.append(f"| one-time: {name} | {value:.3f} |")
+        lines.append(f"| one-time: {_cell(name)} | {value:.3f} |")
     for name, value in r["stages"]["steady"].items():
-        lines.append(f"| {name} | {value:.3f} |")
+        lines.append(f"| {_cell(name)} | {value:.3f} |")
     lines += [
         f"| **job wall** | **{r['stages']['job_wall_s']:.3f}** |",
         "",
@@ -113,7 +119,7 @@ def to_markdown(r: dict) -> str:
                      f"(mouth: PSNR {q.get('mouth_psnr_db')} dB, SSIM {q.get('mouth_ssim')}) over {q['frames']} frames")
     lines += ["", f"## Top {TOP_OPS} ops", "", "| op | calls | self CPU s | self CUDA s |", "|---|---:|---:|---:|"]
     for op in r["top_ops"]:
-        lines.append(f"| `{op['name']}` | {op['calls']} | {op['self_cpu_s']:.4f} | {op['self_cuda_s']:.4f} |")
+        lines.append(f"| `{_cell(op['name'])}` | {op['calls']} | {op['self_cpu_s']:.4f} | {op['self_cuda_s']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,13 +145,13 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
     lines = [f"| | A: {a['mode']} | B: {b['mode']} | A/B |", "|---|---:|---:|---:|"]
     for name in stages.ALL_STAGES[1:]:
         va, vb = a["stages"]["steady"].get(name, 0), b["stages"]["steady"].get(name, 0)
-        lines.append(f"| {name} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
+        lines.append(f"| {_cell(name)} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
     for key in ("job_wall_s",):
         va, vb = a["stages"][key], b["stages"][key]
         lines.append(f"| **{key}** | **{va:.3f}** | **{vb:.3f}** | **{_ratio(va, vb)}** |")
     for name in sorted(set(a["stages"]["one_time"]) | set(b["stages"]["one_time"])):
         va, vb = a["stages"]["one_time"].get(name, 0), b["stages"]["one_time"].get(name, 0)
-        lines.append(f"| one-time {name} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
+        lines.append(f"| one-time {_cell(name)} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
     for key in ("allocated", "reserved"):
         va, vb = a["peak_memory_bytes"][key], b["peak_memory_bytes"][key]
         lines.append(f"| peak GPU {key} | {_gb(va)} | {_gb(vb)} | {_ratio(va, vb)} |")
