@@ -203,19 +203,21 @@ class Job:
         self.mouth_boxes: list[list[int] | None] = []
 
     # -- inputs ------------------------------------------------------------------------------
-    def _audio(self, audio_path: Path) -> tuple[np.ndarray, torch.Tensor]:
-        from fastsync.audio.features import audio_chunks, encode_audio
+    def _audio(self, audio_path: Path):
+        """Samples and the encoder features (T, 5, 384). Per-frame chunks (50 x 384 each,
+        5x the features' size) are gathered chunk by chunk, so memory does not grow 5x."""
+        from fastsync.audio.features import AudioFeatures
 
         samples = load_job_audio(audio_path)
         with self.clock.stage(stages.AUDIO):
-            features = encode_audio(samples, self.c.whisper, self.c.device)
-            chunks = audio_chunks(features).cpu()  # (N, 50, 384)
-        return samples, chunks
+            features = AudioFeatures.from_samples(samples, self.c.whisper, self.c.device)
+            features = AudioFeatures(features.features.cpu(), features.fps)
+        return samples, features
 
-    def _chunks(self, video: Path, audio: torch.Tensor, tracker: FaceTracker) -> Iterator[Chunk]:
+    def _chunks(self, video: Path, audio, tracker: FaceTracker) -> Iterator[Chunk]:
         from fastsync.media.video import FrameSource
 
-        n = audio.shape[0]
+        n = audio.num_frames
         step = self.sampling.num_frames
         source = iter(FrameSource(video, n))
         for index, start in enumerate(range(0, n, step)):
@@ -223,7 +225,8 @@ class Job:
                 pairs = [next(source) for _ in range(min(step, n - start))]  # (source index, frame)
                 sources, frames = [p[0] for p in pairs], [p[1] for p in pairs]
                 faces, affines = zip(*tracker.process(sources, frames))
-                chunk = Chunk(index, frames, _faces_tensor(list(faces)), list(affines), audio[start:start + step])
+                chunk = Chunk(index, frames, _faces_tensor(list(faces)), list(affines),
+                              audio.chunks(start, start + step))
             yield chunk  # outside the stage: the consumer's time is not ours
 
     # -- the job ------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ class Job:
         check_output_writable(output)
         info = probe_video(video)
         samples, audio = self._audio(audio_path)
-        n = audio.shape[0]
+        n = audio.num_frames
         kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]
 
         denoiser = self._denoiser()
