@@ -214,7 +214,7 @@ class Job:
             features = AudioFeatures(features.features.cpu(), features.fps)
         return samples, features
 
-    def _chunks(self, video: Path, audio, tracker: FaceTracker) -> Iterator[Chunk]:
+    def _chunks(self, video: Path, audio, tracker: FaceTracker, bar: Progress) -> Iterator[Chunk]:
         from fastsync.media.video import FrameSource
 
         n = audio.num_frames
@@ -227,6 +227,7 @@ class Job:
                 faces, affines = zip(*tracker.process(sources, frames))
                 chunk = Chunk(index, frames, _faces_tensor(list(faces)), list(affines),
                               audio.chunks(start, start + step))
+            bar.update("faces", len(frames))
             yield chunk  # outside the stage: the consumer's time is not ours
 
     # -- the job ------------------------------------------------------------------------------
@@ -247,17 +248,17 @@ class Job:
         cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
         tracker = FaceTracker(self.c, workers, cache)
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
-        bar = Progress(n, "lip-sync", enabled=self.progress)
+        bar = Progress(n, enabled=self.progress)
         try:
             preset = self.c.options.fast.x264_preset if self.fast else "medium"
             with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
                              sample_rate=AUDIO_SAMPLE_RATE, preset=preset) as writer:
-                chunks = self._chunks(video, audio, tracker)
+                chunks = self._chunks(video, audio, tracker, bar)
                 if self.fast and self.c.options.fast.overlap:
                     self._run_overlapped(chunks, denoiser, writer, workers, bar)
                 else:
                     for chunk in chunks:
-                        self._finish(chunk, self._denoise(chunk, denoiser), writer, None, bar)
+                        self._finish(chunk, self._denoise(chunk, denoiser, bar), writer, None, bar)
                 if tracker.without_face == n:
                     raise NoFaceError("no face was found in any frame", video,
                                       hint="fastsync needs a visible, roughly frontal face")
@@ -281,12 +282,14 @@ class Job:
                              vae_micro_batch=self.c.options.fast.vae_micro_batch if self.fast else 0,
                              on_chunk_start=on_chunk_start)
 
-    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser) -> np.ndarray | None:
-        if chunk.faces is None:  # nothing to lip-sync in this chunk: frames pass through
-            return None
-        with self.clock.stage(stages.DENOISE):
-            # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
-            return denoiser(chunk.faces, chunk.audio).float().cpu().numpy()
+    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, bar: Progress) -> np.ndarray | None:
+        faces = None  # no face in the whole chunk: its frames pass through untouched
+        if chunk.faces is not None:
+            with self.clock.stage(stages.DENOISE):
+                # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
+                faces = denoiser(chunk.faces, chunk.audio).float().cpu().numpy()
+        bar.update("denoise", len(chunk.frames))
+        return faces
 
     def _finish(self, chunk: Chunk, faces: np.ndarray | None, writer, workers, bar) -> None:
         with self.clock.stage(stages.RESTORE):
@@ -302,7 +305,7 @@ class Job:
         rect, size = self._mouth
         res = self.c.options.resolution
         self.mouth_boxes += [None if a is None else mouth_box(a, rect, res, size) for a in chunk.affines]
-        bar.update(len(frames))
+        bar.update("write", len(frames))
 
     def _run_overlapped(self, chunks: Iterator[Chunk], denoiser, writer, workers, bar) -> None:
         """Prepare k+1 and finish k-1 on CPU threads while the GPU denoises chunk k.
@@ -314,7 +317,7 @@ class Job:
             upcoming = prepare.submit(next, chunks, None)
             while (chunk := upcoming.result()) is not None:
                 upcoming = prepare.submit(next, chunks, None)
-                faces = self._denoise(chunk, denoiser)
+                faces = self._denoise(chunk, denoiser, bar)
                 if pending is not None:
                     pending.result()  # keep output order, and surface errors
                 pending = finish.submit(self._finish, chunk, faces, writer, workers, bar)
