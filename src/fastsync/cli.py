@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("batch", help="run many jobs listed in a CSV/JSON file, loading the models once")
+    p.add_argument("jobs", type=Path, help="CSV (header video,audio,output) or JSON list; paths relative to it")
+    p.add_argument("--overwrite", action="store_true", help="redo jobs whose output already exists")
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_batch)
+
     p = sub.add_parser("download", help="fetch the official checkpoints from the Hugging Face hub")
     p.add_argument("--version", choices=["1.5", "1.6"], default="1.6")
     p.add_argument("--dir", type=Path, default=Path("checkpoints"))
@@ -74,6 +81,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fastsync.api import run_from_args
 
     return run_from_args(args)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
+    from fastsync.batch import read_jobs, run_batch
+
+    jobs = read_jobs(args.jobs)  # a bad batch file fails before any model loads
+    sampling = sampling_from_args(args)
+    engine = LipSync.from_options(engine_options_from_args(args))
+    _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
+    return 1 if failed else 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:

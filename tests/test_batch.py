@@ -1,0 +1,74 @@
+import json
+import wave
+
+import pytest
+
+from fastsync.batch import BatchJob, read_jobs, run_batch
+from fastsync.cli import main
+from fastsync.errors import InputError
+
+
+def _trim(src, dst, seconds):
+    with wave.open(str(src)) as r:
+        params = r.getparams()
+        data = r.readframes(int(seconds * params.framerate))
+    with wave.open(str(dst), "wb") as w:
+        w.setparams(params)
+        w.writeframes(data)
+
+
+def test_read_jobs_csv_and_json_resolve_relative_paths(tmp_path):
+    (tmp_path / "jobs.csv").write_text("video,audio,output\nv.mp4,a.wav,o.mp4\n")
+    (tmp_path / "jobs.json").write_text(json.dumps([{"video": "v.mp4", "audio": "a.wav", "output": "o.mp4"}]))
+    expected = [BatchJob(tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / "o.mp4")]
+    assert read_jobs(tmp_path / "jobs.csv") == expected
+    assert read_jobs(tmp_path / "jobs.json") == expected
+
+
+@pytest.mark.parametrize("text", ["video,audio\nv.mp4,a.wav\n", "video,audio,output\n", "{not json"])
+def test_bad_batch_files_name_the_file(tmp_path, text):
+    path = tmp_path / ("jobs.json" if text.startswith("{") else "jobs.csv")
+    path.write_text(text)
+    with pytest.raises(InputError, match="jobs"):
+        read_jobs(path)
+
+
+class _FakeEngine:
+    def __init__(self, fail_on):
+        self.fail_on, self.calls = fail_on, []
+
+    def run(self, video, audio, output, sampling=None):
+        self.calls.append(output)
+        if output.name == self.fail_on:
+            raise InputError("broken", video)
+
+        class Report:
+            def summary(self):
+                return "ok"
+
+        return Report()
+
+
+def test_a_failing_job_does_not_stop_the_others_and_existing_outputs_are_skipped(tmp_path):
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / name) for name in ("bad.mp4", "exists.mp4", "ok.mp4")]
+    lines = []
+    engine = _FakeEngine(fail_on="bad.mp4")
+    assert run_batch(engine, jobs, echo=lines.append) == (1, 1, 1)
+    assert [p.name for p in engine.calls] == ["bad.mp4", "ok.mp4"]
+    assert any("FAILED" in line and "broken" in line for line in lines)
+
+
+def test_batch_cli_runs_two_jobs_with_one_engine(tmp_path, assets_dir):
+    _trim(assets_dir / "demo1_audio.wav", tmp_path / "a.wav", 0.5)
+    video = assets_dir / "demo1_video.mp4"
+    (tmp_path / "jobs.json").write_text(json.dumps([
+        {"video": str(video), "audio": "a.wav", "output": "one.mp4"},
+        {"video": str(video), "audio": "a.wav", "output": "two.mp4"},
+        {"video": str(video), "audio": "nope.wav", "output": "three.mp4"},
+    ]))
+    code = main(["batch", str(tmp_path / "jobs.json"), "--random-weights", "--model-size", "tiny", "--device", "cpu"])
+    assert code == 1  # the third job's audio is missing
+    assert (tmp_path / "one.mp4").stat().st_size > 0
+    assert (tmp_path / "two.mp4").stat().st_size > 0
+    assert not (tmp_path / "three.mp4").exists()
