@@ -39,6 +39,8 @@ class FastOptions:
     # Temporal attention has 16-token sequences in huge batches; the memory-efficient kernel
     # beats the flash-style ones there (bench/results/attention_*.json).
     motion_attention: str = "sdpa-efficient"
+    # Let cuDNN time its convolution algorithms once per shape (the reference leaves it off).
+    cudnn_benchmark: bool = True
 
 
 @dataclass(frozen=True)

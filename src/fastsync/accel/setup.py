@@ -17,6 +17,8 @@ def prepare_fast(c: Components) -> dict[str, float]:
     """channels_last weights; regional compile on CUDA. Returns seconds spent, by name."""
     fast = c.options.fast
     spent: dict[str, float] = {}
+    if fast.cudnn_benchmark and c.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if fast.motion_attention:
         from fastsync.models.motion_module import TemporalSelfAttention
 
