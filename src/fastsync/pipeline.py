@@ -93,8 +93,12 @@ class FaceTracker:
 
     def _landmarks(self, sources: list[int], frames: list[np.ndarray]) -> None:
         """Fill the cache for every source frame not seen before (detection runs batched)."""
-        todo = [i for i, s in enumerate(sources) if s not in self.cache and s not in self.affine_by_source]
-        for i, result in zip(todo, self._detect([frames[i] for i in todo])):
+        todo: dict[int, int] = {}  # source -> its first position in this batch
+        for i, s in enumerate(sources):
+            # A looped video shows a source frame twice within one chunk: detect it once.
+            if s not in self.cache and s not in self.affine_by_source and s not in todo:
+                todo[s] = i
+        for i, result in zip(todo.values(), self._detect([frames[i] for i in todo.values()])):
             if result is None:
                 self.cache.put(sources[i], None)
             else:
