@@ -21,18 +21,34 @@ def _device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
+def _on_device(e) -> bool:
+    """A kernel or copy that ran on the GPU: not a CPU op, not a labelled range's GPU span."""
+    return e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+
+
 def _top_ops(prof) -> tuple[list[dict], float, float]:
+    """Top ops, total CPU seconds, total GPU seconds.
+
+    With a GPU the table ranks the GPU's own work (kernels, copies) by its time: a CPU op's
+    "self device time" is the same kernels counted again, and kernels replayed from a CUDA
+    graph belong to no CPU op at all, so only the device side is comparable between modes.
+    The total sums device activities once, leaving out the stage ranges' GPU spans.
+    Without a GPU it ranks CPU ops by self CPU time.
+    """
     events = prof.key_averages()
     use_cuda = torch.cuda.is_available()
 
     def device_us(e) -> float:
-        return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+        return float(getattr(e, "self_device_time_total", 0.0) or 0.0)
 
     total_cpu = sum(e.self_cpu_time_total for e in events) / 1e6
-    total_cuda = sum(device_us(e) for e in events) / 1e6
-    key = device_us if use_cuda else (lambda e: e.self_cpu_time_total)
+    total_cuda = sum(device_us(e) for e in events if _on_device(e)) / 1e6
+    if use_cuda:
+        key, candidates = device_us, [e for e in events if _on_device(e)]
+    else:
+        key, candidates = (lambda e: e.self_cpu_time_total), list(events)
     # Stage labels are ranges, not ops: keep them out of the op table.
-    ops = [e for e in events if "|" not in e.key and key(e) > 0]
+    ops = [e for e in candidates if "|" not in e.key and key(e) > 0]
     ops.sort(key=key, reverse=True)
     rows = [{
         "name": e.key,
