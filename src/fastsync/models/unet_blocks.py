@@ -66,6 +66,17 @@ class BlockSpec:
         return nn.ModuleList([MotionModule(channels, self.motion) for _ in range(count)])
 
 
+def resnet_attention_motion(block: nn.Module, i: int, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+    """Layer i of a down or up block: ResNet, then the audio transformer and the motion
+    module when the block has them. (B, C_in, F, H, W) -> (B, C_out, F, H, W)."""
+    x = block.resnets[i](x, temb)
+    if len(block.attentions) > 0:
+        x = block.attentions[i](x, audio)
+    if len(block.motion_modules) > 0:
+        x = block.motion_modules[i](x)
+    return x
+
+
 class DownBlock(nn.Module):
     """`CrossAttnDownBlock3D` (cross_attention=True) or `DownBlock3D`.
 
@@ -97,12 +108,7 @@ class DownBlock(nn.Module):
         )
 
     def layer(self, i: int, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
-        x = self.resnets[i](x, temb)  # (B, C_out, F, H, W)
-        if len(self.attentions) > 0:
-            x = self.attentions[i](x, audio)
-        if len(self.motion_modules) > 0:
-            x = self.motion_modules[i](x)
-        return x
+        return resnet_attention_motion(self, i, x, temb, audio)
 
     def forward(self, x: Tensor, temb: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
         skips = []
@@ -171,12 +177,7 @@ class UpBlock(nn.Module):
 
     def layer(self, i: int, x: Tensor, skip: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
         x = torch.cat([x, skip], dim=1)  # (B, C_run + C_skip, F, H, W)
-        x = self.resnets[i](x, temb)  # (B, C_out, F, H, W)
-        if len(self.attentions) > 0:
-            x = self.attentions[i](x, audio)
-        if len(self.motion_modules) > 0:
-            x = self.motion_modules[i](x)
-        return x
+        return resnet_attention_motion(self, i, x, temb, audio)
 
     def forward(
         self,
