@@ -248,7 +248,7 @@ class Job:
         kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]
 
         denoiser = self._denoiser()
-        workers = ThreadPoolExecutor(self.c.options.fast.face_workers) if self.fast else None
+        workers = self._face_workers()
         cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
         tracker = FaceTracker(self.c, workers, cache)
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
@@ -270,11 +270,19 @@ class Job:
                     writer.close()
         finally:
             bar.close()
-            if workers is not None:
-                workers.shutdown(wait=True)
         cache.save()
         return JobReport(output, n, time.perf_counter() - started, tracker.without_face,
                          tracker.several_faces, self.clock.as_dict(), self.mouth_boxes)
+
+    def _face_workers(self) -> ThreadPoolExecutor | None:
+        """Fast mode's detection/paste-back threads live with the engine, so each thread's
+        face detector is built once, not once per job."""
+        if not self.fast:
+            return None
+        if "face_workers" not in self.c.cache:
+            self.c.cache["face_workers"] = ThreadPoolExecutor(self.c.options.fast.face_workers,
+                                                              thread_name_prefix="faces")
+        return self.c.cache["face_workers"]
 
     def _denoiser(self) -> ChunkDenoiser:
         from fastsync.accel.predictor import make_predictor
