@@ -4,7 +4,9 @@ heavy modules are imported inside them so `fastsync --help` stays instant."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from fastsync.errors import FastsyncError
@@ -116,8 +118,19 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return profile_from_args(args)
 
 
+def _interrupt_on_sigterm() -> None:
+    """A scheduler's SIGTERM unwinds like Ctrl-C, so the writer removes its temp file."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _interrupt_on_sigterm()
     try:
         return args.func(args)
     except FastsyncError as exc:
