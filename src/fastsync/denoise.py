@@ -106,11 +106,11 @@ class ChunkDenoiser:
 
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the VAE posterior for (N, 3, H, W) pixels, in micro-batches."""
-        def moments(part):
+        def moments(part):  # (n, 2, C, h, w): frames first, so micro-batches slice on dim 0
             dist = self.vae.encode(part).latent_dist
-            return torch.stack([dist.mean, dist.std])
+            return torch.stack([dist.mean, dist.std], dim=1)
 
-        stacked = torch.cat(self._micro_batches(pixels, lambda p: moments(p).transpose(0, 1)))
+        stacked = torch.cat(self._micro_batches(pixels, moments))
         return stacked[:, 0], stacked[:, 1]
 
     def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
