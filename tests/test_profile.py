@@ -281,3 +281,27 @@ def test_compare_prints_ratios_and_quality(profiled, capsys):
 def test_profile_without_inputs_is_a_usage_error(capsys):
     assert cli.main(["profile", "--out", "unused"]) == 2
     assert "missing --video, --audio" in capsys.readouterr().err
+
+
+def test_compare_without_the_videos_uses_the_quality_b_measured(profiled, tmp_path, capsys):
+    """Reports committed without their videos still compare: B's own measurement is used,
+    and the line says where it came from."""
+    copies = []
+    for mode in ("reference", "fast"):
+        report = json.loads((profiled["dirs"][mode] / "report.json").read_text())
+        report["output"] = str(tmp_path / "gone" / f"{mode}.mp4")
+        (tmp_path / mode).mkdir()
+        (tmp_path / mode / "report.json").write_text(json.dumps(report))
+        copies.append(tmp_path / mode / "report.json")
+    capsys.readouterr()
+    assert cli.main(["profile", "--compare", *map(str, copies)]) == 0
+    text = capsys.readouterr().out
+    q = profiled["reports"]["fast"]["quality"]
+    assert f"PSNR {q['psnr_db']:.2f} dB" in text
+    assert "from B's report, measured against" in text and q["against"] in text
+
+    report = json.loads(copies[1].read_text())
+    report["quality"] = None
+    copies[1].write_text(json.dumps(report))
+    assert cli.main(["profile", "--compare", *map(str, copies)]) == 0
+    assert "Quality not measured" in capsys.readouterr().out

@@ -70,6 +70,7 @@ def profile_run(args: argparse.Namespace) -> dict:
         from fastsync.tools.quality import compare_videos
 
         quality = compare_videos(Path(args.reference_output), output, report.mouth_boxes).as_dict()
+        quality["against"] = str(Path(args.reference_output).resolve())
     (out_dir / "mouth_boxes.json").write_text(json.dumps(report.mouth_boxes))
     result = build_report(
         mode=args.mode, args=args, clock=clock, one_time=one_time, job_wall_s=job_wall, job=report,

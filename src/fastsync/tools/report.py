@@ -173,12 +173,26 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
         lines.append(f"| peak GPU {key} | {_gb(va)} | {_gb(vb)} | {_ratio(va, vb)} |")
     lines.append(f"| host peak RSS | {_gb(a['host_peak_rss_bytes'])} | {_gb(b['host_peak_rss_bytes'])} | "
                  f"{_ratio(a['host_peak_rss_bytes'], b['host_peak_rss_bytes'])} |")
+    lines += ["", _compare_quality(path_a, a, path_b, b)]
+    return "\n".join(lines)
+
+
+def _compare_quality(path_a: Path, a: dict, path_b: Path, b: dict) -> str:
+    """B's output against A's, measured on the two videos when both are at hand. Reports
+    copied without their videos (e.g. into bench/results) fall back to the quality B's run
+    measured itself, which is only valid when that run was given A's output."""
     from fastsync.tools.quality import compare_videos
 
-    boxes_file = Path(path_a).parent / "mouth_boxes.json"
-    boxes = json.loads(boxes_file.read_text()) if boxes_file.exists() else None
-    q = compare_videos(_output_of(path_a, a), _output_of(path_b, b), boxes)
-    lines += ["", f"B's output vs A's over {q.frames} frames: PSNR {q.psnr_db:.2f} dB, SSIM {q.ssim:.4f}; "
-              f"mouth region: PSNR {q.mouth_psnr_db if q.mouth_psnr_db is None else round(q.mouth_psnr_db, 2)} dB, "
-              f"SSIM {q.mouth_ssim if q.mouth_ssim is None else round(q.mouth_ssim, 4)}"]
-    return "\n".join(lines)
+    out_a, out_b = _output_of(path_a, a), _output_of(path_b, b)
+    if out_a.exists() and out_b.exists():
+        boxes_file = Path(path_a).parent / "mouth_boxes.json"
+        boxes = json.loads(boxes_file.read_text()) if boxes_file.exists() else None
+        q, source = compare_videos(out_a, out_b, boxes).as_dict(), "measured now"
+    elif b.get("quality"):
+        q, source = b["quality"], f"from B's report, measured against {b['quality'].get('against', 'its --reference-output')}"
+    else:
+        return f"Quality not measured: {out_a} or {out_b} is missing and B's report has no quality."
+    mouth_psnr = q.get("mouth_psnr_db")
+    return (f"B's output vs A's over {q['frames']} frames: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.4f}; "
+            f"mouth region: PSNR {mouth_psnr if mouth_psnr is None else round(mouth_psnr, 2)} dB, "
+            f"SSIM {q.get('mouth_ssim') if q.get('mouth_ssim') is None else round(q['mouth_ssim'], 4)} ({source})")
