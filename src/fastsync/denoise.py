@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastsync.components import VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
+from fastsync.transfer import upload
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class ChunkDenoiser:
         if self.on_chunk_start is not None:
             self.on_chunk_start()
         frames = faces.shape[0]
-        pixels = faces.to(self.device, self.dtype) / 127.5 - 1.0  # (F, 3, res, res), Normalize(0.5, 0.5)
+        pixels = upload(faces, self.device).to(self.dtype) / 127.5 - 1.0  # (F, 3, res, res), Normalize(0.5, 0.5)
         masked = pixels * self.mask
         masked_latents, ref_latents = self._encode([masked, pixels])  # (F, 4, h, w) each
 
@@ -144,7 +145,7 @@ class ChunkDenoiser:
 
         mask_channel = self.mask_latent.expand(frames, -1, -1, -1)  # (F, 1, h, w)
         condition = torch.cat([video(mask_channel), video(masked_latents), video(ref_latents)], dim=1)
-        audio = audio.to(self.device, self.dtype)
+        audio = upload(audio, self.device).to(self.dtype)
         audio_cfg = torch.cat([torch.zeros_like(audio), audio])  # (2F, 50, 384): [unconditional, audio]
 
         latents = self.initial_latent.expand(-1, -1, frames, -1, -1).contiguous()  # (1, 4, F, h, w)

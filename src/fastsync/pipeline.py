@@ -30,6 +30,7 @@ from fastsync.engine import Components
 from fastsync.errors import InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
 from fastsync.progress import Progress
+from fastsync.transfer import Download
 
 AUDIO_SAMPLE_RATE = 16_000
 VIDEO_FPS = 25
@@ -294,16 +295,22 @@ class Job:
                              vae_micro_batch=self.c.options.fast.vae_micro_batch if self.fast else 0,
                              on_chunk_start=on_chunk_start)
 
-    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, bar: Progress) -> np.ndarray | None:
+    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, bar: Progress) -> Download | None:
+        """Queue the chunk's GPU work and its copy back; `_finish` waits for the copy, so this
+        thread goes on to queue the next chunk while the GPU works (see fastsync.transfer)."""
         faces = None  # no face in the whole chunk: its frames pass through untouched
         if chunk.faces is not None:
             with self.clock.stage(stages.DENOISE):
                 # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
-                faces = denoiser(chunk.faces, chunk.audio).float().cpu().numpy()
-        bar.update("denoise", len(chunk.frames))
+                faces = Download(denoiser(chunk.faces, chunk.audio).float())
         return faces
 
-    def _finish(self, chunk: Chunk, faces: np.ndarray | None, writer, workers, bar) -> None:
+    def _finish(self, chunk: Chunk, pending: Download | None, writer, workers, bar) -> None:
+        faces = None
+        if pending is not None:
+            with self.clock.stage(stages.DENOISE):  # the GPU time not hidden behind other work
+                faces = pending.numpy()
+        bar.update("denoise", len(chunk.frames))
         with self.clock.stage(stages.RESTORE):
             if faces is None:
                 frames = chunk.frames
