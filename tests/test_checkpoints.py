@@ -33,19 +33,13 @@ torch.set_num_threads(2)
 
 SEED = 0  # EngineOptions.seed: what --random-weights builds
 CONFIG = unet_config_for("1.6", "tiny")
-# whisper-tiny's text-side dims, as they stand in the official file (the encoder ignores them)
-TEXT_DIMS = dict(n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
-
-
-def save_whisper_official(encoder, path: Path) -> None:
-    dims = dict(n_mels=TINY.n_mels, n_audio_ctx=TINY.n_audio_ctx, n_audio_state=TINY.n_audio_state,
-                n_audio_head=TINY.n_audio_head, n_audio_layer=TINY.n_audio_layer, **TEXT_DIMS)
-    state = {f"encoder.{k}": v.half() for k, v in encoder.state_dict().items()}
-    # A stand-in for the decoder (the real one is 51865 x 384): its keys must be ignored.
-    state["decoder.token_embedding.weight"] = torch.zeros(8, 384, dtype=torch.float16)
-    state["decoder.ln.weight"] = torch.ones(384, dtype=torch.float16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"dims": dims, "model_state_dict": state}, path)
+def add_decoder_stand_in(path: Path) -> None:
+    """The official tiny.pt also holds the decoder (its embedding alone is 51865 x 384): a
+    small stand-in whose keys the loader must ignore."""
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model_state_dict"]["decoder.token_embedding.weight"] = torch.zeros(8, 384, dtype=torch.float16)
+    checkpoint["model_state_dict"]["decoder.ln.weight"] = torch.ones(384, dtype=torch.float16)
+    torch.save(checkpoint, path)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +51,8 @@ def models():
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, models) -> Path:
     root = tmp_path_factory.mktemp("checkpoints")
-    layout = CheckpointLayout(root)
-    torch.save({"state_dict": models["unet"].state_dict(), "global_step": 1}, layout.unet)
-    save_whisper_official(models["whisper"], layout.whisper)
-    models["vae"].save_pretrained(layout.vae_dir)
+    layout = checkpoints.save_layout(root, models["unet"], models["whisper"], models["vae"])
+    add_decoder_stand_in(layout.whisper)
     return root
 
 

@@ -123,3 +123,27 @@ def download(version: str, directory: Path, *, face_models: bool = True) -> Chec
         _download_face_models(layout)
     print(f"checkpoints ready in {layout.root}")
     return layout
+
+
+# whisper-tiny's text-side dims as they stand in OpenAI's file (the encoder ignores them)
+_WHISPER_TEXT_DIMS = dict(n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+
+
+def save_layout(root: Path, unet, whisper, vae) -> CheckpointLayout:
+    """Write models in the official layout and formats, as `fastsync download` leaves them:
+    `latentsync_unet.pt` ({"state_dict", "global_step"}, the UNet's own dtype), `whisper/tiny.pt`
+    (OpenAI format: fp16, dims, encoder keys) and `sd-vae-ft-mse/` (diffusers). For tests and
+    benchmarks that must exercise the real loading path but have no trained weights."""
+    import dataclasses
+
+    import torch
+
+    layout = CheckpointLayout(Path(root))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": unet.state_dict(), "global_step": 1}, layout.unet)
+    dims = {**dataclasses.asdict(whisper.dims), **_WHISPER_TEXT_DIMS}
+    state = {f"encoder.{k}": v.half() for k, v in whisper.state_dict().items()}
+    layout.whisper.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims, "model_state_dict": state}, layout.whisper)
+    vae.save_pretrained(layout.vae_dir)
+    return layout
