@@ -21,6 +21,7 @@ import torch
 
 from bench.common import environment, save
 from fastsync import stages
+from fastsync.accel.setup import set_cpu_threads
 from fastsync.api import LipSync
 from fastsync.denoise import SamplingOptions
 from fastsync.engine import EngineOptions, FastOptions
@@ -39,7 +40,10 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    for k in range(runs):
+    threads = [0] * runs if mode == "reference" else args.cpu_threads_variants * runs
+    for k, cpu_threads in enumerate(threads):
+        if mode == "fast":
+            set_cpu_threads(cpu_threads)
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
         output = args.work / f"{mode}_{k}.mp4"
@@ -50,7 +54,7 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
         result["runs"].append({
-            "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
+            "cpu_threads": cpu_threads or None, "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
@@ -74,6 +78,8 @@ def main() -> None:
     parser.add_argument("--fast-runs", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-graphs", action="store_true")
+    parser.add_argument("--cpu-threads-variants", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                        help="fast mode: one run per value of FastOptions.cpu_threads (0: library default)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) until fast mode's

@@ -323,3 +323,17 @@ def test_x264_preset_keeps_quality(job_frames, tmp_path):
     print(f"x264 at crf 18 vs its input frames: {psnr}")
     assert min(psnr.values()) > 35
     assert psnr["veryfast"] > psnr["medium"] - 2.0
+
+
+def test_cpu_threads_are_set_and_restored():
+    import cv2
+
+    from fastsync.accel.setup import set_cpu_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        set_cpu_threads(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+    finally:
+        set_cpu_threads(0)
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before

@@ -41,6 +41,10 @@ class FastOptions:
     motion_attention: str = "sdpa-efficient"
     # Let cuDNN time its convolution algorithms once per shape (the reference leaves it off).
     cudnn_benchmark: bool = True
+    # Intra-op threads for the CPU-side torch and OpenCV work (warps, paste-back) when the
+    # model runs on a GPU; 0 keeps the libraries' default of one per core. Fast mode already
+    # runs that work in several threads beside x264's, so per-op thread teams oversubscribe.
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ def prepare_fast(c: Components) -> dict[str, float]:
     spent: dict[str, float] = {}
     if fast.cudnn_benchmark and c.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if fast.cpu_threads and c.device.type == "cuda":
+        set_cpu_threads(fast.cpu_threads)
     if fast.motion_attention:
         from fastsync.models.motion_module import TemporalSelfAttention
 
@@ -36,3 +38,18 @@ def prepare_fast(c: Components) -> dict[str, float]:
         compile_vae_regions(c.vae)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
+
+
+_LIBRARY_DEFAULTS: tuple[int, int] | None = None
+
+
+def set_cpu_threads(count: int) -> None:
+    """Process-wide intra-op thread count of torch and OpenCV; 0 restores their defaults."""
+    import cv2
+
+    global _LIBRARY_DEFAULTS
+    if _LIBRARY_DEFAULTS is None:
+        _LIBRARY_DEFAULTS = (torch.get_num_threads(), cv2.getNumThreads())
+    torch_threads, cv2_threads = (count, count) if count else _LIBRARY_DEFAULTS
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
