@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import environment, save
 
 
 def write_checkpoints(root: Path) -> None:
@@ -57,6 +56,8 @@ def child(checkpoint_dir: str) -> None:
 
 
 def main() -> None:
+    from bench.common import environment, save  # not at the top: it imports torch, which the child times
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache-dir", default="/tmp/fastsync-inductor-cold")
