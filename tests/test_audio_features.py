@@ -201,7 +201,8 @@ def long_audio():
 # order differs, not the math (the multi-window test above holds both to this bound).
 def assert_close_to(ours: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor) -> None:
     assert ours.shape == expected.shape and ours.dtype == expected.dtype == torch.float32
-    assert (ours - expected).abs().max() <= 1e-5 * scale
+    error = float((ours - expected).abs().max())
+    assert error <= 1e-5 * float(scale), (error, float(scale))
 
 
 def test_lazy_features_match_eager_chunk_by_chunk(long_audio):
