@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fastsync.audio.features import (
     AudioFeatures,
+    LazyAudioFeatures,
     audio_chunks,
     chunk_index_table,
     chunk_indices,
@@ -120,6 +121,34 @@ def test_log_mel_uses_the_global_max():
     assert alone.min() < floor - 0.25
 
 
+def whole_file_log_mel(samples: torch.Tensor) -> torch.Tensor:
+    """The plain form: one torch.stft over the whole file, as the reference computes it."""
+    from fastsync.audio.mel import _filterbank_tensor, _hann_window
+
+    stft = torch.stft(samples, 400, 160, window=_hann_window(samples.device), center=True,
+                      pad_mode="reflect", return_complex=True)
+    mel = _filterbank_tensor(samples.device) @ (stft[:, :-1].abs() ** 2)  # the last frame is dropped
+    log_mel = torch.clamp(mel, min=1e-10).log10()
+    log_mel = torch.maximum(log_mel, log_mel.max() - 8.0)
+    return (log_mel + 4.0) / 4.0
+
+
+# The last frame of a centred STFT reaches 40 samples past the n // 160 frames' end: lengths
+# with n % 160 < 40 need the right reflection, the others do not. 201 is the shortest input.
+@pytest.mark.parametrize("n", [201, 330, 16000 * 3 + 10, 16000 * 3 + 100, 16000 * 70 + 37, 16000 * 70 + 150])
+def test_blockwise_log_mel_equals_whole_file_stft(n):
+    gen = torch.Generator().manual_seed(n)
+    # Loud start, quiet end: the clamp floor comes from the first block only.
+    samples = torch.randn(n, generator=gen) * torch.logspace(0, -4, n)
+    expected = whole_file_log_mel(samples)
+    for block_frames in (1, 7, 3000, 10**6):
+        ours = log_mel_spectrogram(samples, block_frames=block_frames)
+        assert ours.shape == expected.shape == (80, n // 160)
+        # Bit-identical on the CPU except with 1-frame blocks, where the filterbank product
+        # becomes a matrix-vector one and differs by 1 ulp (1.2e-7 at values near 1).
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
 # --- encoder and windows -------------------------------------------------------------------
 
 
@@ -152,6 +181,93 @@ def test_multi_window_encoding_matches_window_by_window():
     scale = slow.abs().max()
     assert (batched - slow).abs().max() <= 1e-5 * scale
     assert (one_by_one - slow).abs().max() <= 1e-5 * scale
+
+
+# --- lazy features: the view the job uses -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_audio():
+    """70.3 s of non-silent noise: windows of 1500, 1500 and 515 rows (T = 3515), and a
+    random encoder; with the eager features (8 windows per call) to compare with."""
+    encoder = random_whisper_encoder(SMALL, seed=5)
+    gen = torch.Generator().manual_seed(2)
+    n = int(70.3 * 16000) + 70
+    samples = (torch.randn(n, generator=gen) * torch.linspace(0.8, 0.05, n)).numpy()
+    return samples, encoder, AudioFeatures.from_samples(samples, encoder)
+
+
+# Eager features run 3 windows in one batch, the lazy ones one at a time: the summation
+# order differs, not the math (the multi-window test above holds both to this bound).
+def assert_close_to(ours: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor) -> None:
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype == torch.float32
+    error = float((ours - expected).abs().max())
+    assert error <= 1e-5 * float(scale), (error, float(scale))
+
+
+def test_lazy_features_match_eager_chunk_by_chunk(long_audio):
+    samples, encoder, eager = long_audio
+    assert eager.features.shape[0] == 3515
+    lazy = LazyAudioFeatures.from_samples(samples, encoder)
+    # The counts are known before anything is encoded.
+    assert lazy.num_features == 3515 and lazy.num_frames == len(lazy) == eager.num_frames == 1759
+    assert lazy.windows_encoded == 0 and lazy.cached == []
+    scale = eager.features.abs().max()
+    step = 16  # the job's chunk length; chunk 46 (frames 736-751) straddles rows 1499 | 1500
+    for start in range(0, lazy.num_frames, step):
+        assert_close_to(lazy.chunks(start, start + step), eager.chunks(start, start + step), scale)
+        assert len(lazy.cached) <= 2
+    assert lazy.windows_encoded == 3  # each window once, in order
+    assert lazy.cached == [1, 2]
+
+
+def test_lazy_chunks_straddle_windows_and_reach_the_partial_last_one(long_audio):
+    samples, encoder, eager = long_audio
+    lazy = LazyAudioFeatures.from_samples(samples, encoder)
+    scale = eager.features.abs().max()
+    # Frame 750 centres on row 1500: frames 748-752 take rows from both sides of it.
+    assert_close_to(lazy.chunks(745, 755), eager.chunks(745, 755), scale)
+    assert lazy.cached == [0, 1] and lazy.windows_encoded == 2
+    # Rows 2996-3005: windows 1 and 2 (the partial one).
+    assert_close_to(lazy.chunks(1500, 1501), eager.chunks(1500, 1501), scale)
+    assert lazy.cached == [1, 2] and lazy.windows_encoded == 3
+    # The last frames, their rows clamped to T - 1; stop is clamped as in the eager view.
+    assert_close_to(lazy.chunks(1750, 2000), eager.chunks(1750, 1759), scale)
+    assert lazy.windows_encoded == 3
+    assert lazy.chunks(7, 7).shape == eager.chunks(7, 7).shape == (0, 30, 64)
+    # Out of order is still right; the dropped window is encoded again, and only two stay.
+    assert_close_to(lazy.chunks(0, 3), eager.chunks(0, 3), scale)
+    assert lazy.windows_encoded == 4 and lazy.cached == [2, 0]
+
+
+def test_lazy_features_hold_at_most_two_windows(long_audio):
+    samples, encoder, eager = long_audio
+    lazy = LazyAudioFeatures.from_samples(samples, encoder)
+    alive = []
+    encode = lazy._encode
+
+    def counting_encode(index):
+        alive.append(len(lazy.cached))  # windows held while this one is encoded
+        return encode(index)
+
+    lazy._encode = counting_encode
+    # One request spanning all three windows needs them all at once; once served, two stay.
+    assert_close_to(lazy.chunks(), eager.chunks(), eager.features.abs().max())
+    assert alive == [0, 1, 2] and lazy.cached == [1, 2]
+    # Going back to window 0 drops the least recently used one before encoding it.
+    lazy.chunks(0, 1)
+    assert alive == [0, 1, 2, 1] and lazy.cached == [2, 0]
+    with pytest.raises(ValueError, match="at least 2"):
+        LazyAudioFeatures(lazy.mel, encoder, cached_windows=1)
+
+
+def test_lazy_to_eager_is_window_by_window_encoding(long_audio):
+    samples, encoder, _ = long_audio
+    lazy = LazyAudioFeatures.from_samples(samples, encoder)
+    expected = encode_audio(samples, encoder, max_batch=1)
+    # Same windows, same order: equal up to kernels that may differ with the input's layout.
+    torch.testing.assert_close(lazy.to_eager().features, expected, rtol=0, atol=1e-6 * expected.abs().max())
+    assert lazy.cached == []
 
 
 def test_too_short_audio_is_an_input_error():

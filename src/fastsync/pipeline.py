@@ -11,6 +11,11 @@
 
 In fast mode, preparing chunk k+1 (decode, detect, align) and finishing chunk k-1
 (paste back, encode) run in worker threads while the GPU denoises chunk k.
+
+The audio side streams too: the job holds the samples (for the muxer) and their log-mel,
+and encodes a 30 s whisper window when the first chunk that needs it is denoised, keeping
+two (audio/features.py, `LazyAudioFeatures`). That runs on the job's thread, like all
+GPU work: worker threads queue none.
 """
 
 from __future__ import annotations
@@ -62,10 +67,10 @@ class JobReport:
 @dataclass
 class Chunk:
     index: int
+    start: int  # output frame of frames[0]; the audio context is gathered for [start, start + F)
     frames: list[np.ndarray]  # original frames, RGB uint8 (H, W, 3)
     faces: torch.Tensor | None  # (F, 3, res, res) uint8, None when no frame has a face
     affines: list[np.ndarray | None]  # per frame: the similarity transform, None = no face
-    audio: torch.Tensor  # (F, 50, 384)
 
 
 class FaceTracker:
@@ -209,20 +214,23 @@ class Job:
 
     # -- inputs ------------------------------------------------------------------------------
     def _audio(self, audio_path: Path):
-        """Samples and the encoder features (T, 5, 384). Per-frame chunks (50 x 384 each,
-        5x the features' size) are gathered chunk by chunk, so memory does not grow 5x."""
-        from fastsync.audio.features import AudioFeatures
+        """Samples and the lazy encoder features: the log-mel is computed now, on the encoder's
+        device; each 30 s window is encoded when a chunk first needs it (`_audio_context`)."""
+        from fastsync.audio.features import LazyAudioFeatures
 
         samples = load_job_audio(audio_path)
         with self.clock.stage(stages.AUDIO):
-            features = AudioFeatures.from_samples(samples, self.c.whisper, self.c.device)
-            features = AudioFeatures(features.features.cpu(), features.fps)
+            features = LazyAudioFeatures.from_samples(samples, self.c.whisper, self.c.device)
         return samples, features
 
-    def _chunks(self, video: Path, audio, tracker: FaceTracker, bar: Progress) -> Iterator[Chunk]:
+    def _audio_context(self, chunk: Chunk) -> torch.Tensor:
+        """(F, 50, 384) float32 on the encoder's device; encodes a window the first time one is reached."""
+        with self.clock.stage(stages.AUDIO):
+            return self._features.chunks(chunk.start, chunk.start + len(chunk.frames))
+
+    def _chunks(self, video: Path, n: int, tracker: FaceTracker, bar: Progress) -> Iterator[Chunk]:
         from fastsync.media.video import FrameSource
 
-        n = audio.num_frames
         step = self.sampling.num_frames
         source = iter(FrameSource(video, n))
         for index, start in enumerate(range(0, n, step)):
@@ -230,8 +238,7 @@ class Job:
                 pairs = [next(source) for _ in range(min(step, n - start))]  # (source index, frame)
                 sources, frames = [p[0] for p in pairs], [p[1] for p in pairs]
                 faces, affines = zip(*tracker.process(sources, frames))
-                chunk = Chunk(index, frames, _faces_tensor(list(faces)), list(affines),
-                              audio.chunks(start, start + step))
+                chunk = Chunk(index, start, frames, _faces_tensor(list(faces)), list(affines))
             bar.update("faces", len(frames))
             yield chunk  # outside the stage: the consumer's time is not ours
 
@@ -245,8 +252,9 @@ class Job:
         check_output_writable(output)
         info = probe_video(video)
         samples, audio = self._audio(audio_path)
+        self._features = audio
         n = audio.num_frames
-        kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]
+        kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once
 
         denoiser = self._denoiser()
         workers = self._face_workers()
@@ -258,7 +266,7 @@ class Job:
             preset = self.c.options.fast.x264_preset if self.fast else "medium"
             with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
                              sample_rate=AUDIO_SAMPLE_RATE, preset=preset) as writer:
-                chunks = self._chunks(video, audio, tracker, bar)
+                chunks = self._chunks(video, n, tracker, bar)
                 if self.fast and self.c.options.fast.overlap:
                     self._run_overlapped(chunks, denoiser, writer, workers, bar)
                 else:
@@ -300,9 +308,10 @@ class Job:
         thread goes on to queue the next chunk while the GPU works (see fastsync.transfer)."""
         faces = None  # no face in the whole chunk: its frames pass through untouched
         if chunk.faces is not None:
+            audio = self._audio_context(chunk)
             with self.clock.stage(stages.DENOISE):
                 # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
-                faces = Download(denoiser(chunk.faces, chunk.audio).float())
+                faces = Download(denoiser(chunk.faces, audio).float())
         return faces
 
     def _finish(self, chunk: Chunk, pending: Download | None, writer, workers, bar) -> None:

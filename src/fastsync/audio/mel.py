@@ -1,4 +1,4 @@
-"""Whisper's log-mel spectrogram, computed over a whole file.
+"""Whisper's log-mel spectrogram of a whole file, computed in 30 s blocks.
 
 The 80-band filterbank is built here rather than shipped: triangular filters on the
 Slaney mel scale (linear below 1 kHz, logarithmic above), each scaled to unit area
@@ -32,6 +32,9 @@ _MELS_PER_LOG_HZ = 27.0 / math.log(6.4)
 # Whisper applies afterwards to bring the values to roughly [-1, 1].
 LOG_RANGE = 8.0
 LOG_FLOOR = 1e-10
+# STFT frames per block: 30 s, so the complex spectrum of a block is 201 x 3000 x 8 B = 4.8 MB
+# however long the file (a whole 10-minute file's would be 96 MB, plus its |.|^2 copies).
+BLOCK_FRAMES = 3000
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -84,26 +87,47 @@ def mel_frame_count(num_samples: int) -> int:
     return num_samples // HOP_LENGTH
 
 
-def log_mel_spectrogram(samples: torch.Tensor) -> torch.Tensor:
+def log_mel_spectrogram(samples: torch.Tensor, block_frames: int = BLOCK_FRAMES) -> torch.Tensor:
     """(80, n_samples // 160) float32 Whisper log-mel of 16 kHz mono `samples` (1-D).
 
     The clamp to (max - 8) uses the maximum over the WHOLE input, as the reference does
     before it cuts the spectrogram into 30 s windows; calling this per window would
-    change the result wherever a window is quieter than the loudest one.
+    change the result wherever a window is quieter than the loudest one. So the log10 mel
+    is computed `block_frames` frames at a time, and normalised once all blocks are in.
+    Each STFT frame depends only on its own 400 samples, so the blocks give the whole-file
+    STFT's frames (bit for bit on the CPU; tests/test_audio_features.py holds them to 1e-6).
     """
     if samples.ndim != 1:
         raise ValueError(f"expected 1-D mono samples, got shape {tuple(samples.shape)}")
     if samples.shape[0] <= N_FFT // 2:
-        # torch.stft's reflect padding needs more than n_fft / 2 samples.
+        # The reference's torch.stft reflect-pads n_fft / 2 samples, which needs more than that.
         raise ValueError(f"need more than {N_FFT // 2} samples for a spectrogram, got {samples.shape[0]}")
     samples = samples.float()
-    device = samples.device
-    stft = torch.stft(
-        samples, N_FFT, HOP_LENGTH, window=_hann_window(device), center=True, pad_mode="reflect",
-        return_complex=True,
-    )  # (201, n // 160 + 1)
-    power = stft[:, :-1].abs() ** 2  # (201, n_frames): the reference drops the last frame
-    mel = _filterbank_tensor(device) @ power  # (80, n_frames)
-    log_mel = torch.clamp(mel, min=LOG_FLOOR).log10()
-    log_mel = torch.maximum(log_mel, log_mel.max() - LOG_RANGE)
-    return (log_mel + 4.0) / 4.0
+    n_frames = mel_frame_count(samples.shape[0])
+    log_mel = torch.empty(N_MELS, n_frames, device=samples.device)
+    for start in range(0, n_frames, block_frames):
+        stop = min(start + block_frames, n_frames)
+        log_mel[:, start:stop] = _log10_mel(samples, start, stop)
+    torch.maximum(log_mel, log_mel.max() - LOG_RANGE, out=log_mel)
+    return log_mel.add_(4.0).div_(4.0)
+
+
+def _log10_mel(samples: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(80, stop - start) log10 mel power of frames [start, stop) of the centred STFT."""
+    # Frame j of torch.stft(center=True) covers samples [j * 160 - 200, j * 160 + 200).
+    span = _reflected(samples, start * HOP_LENGTH - N_FFT // 2, (stop - 1) * HOP_LENGTH + N_FFT // 2)
+    stft = torch.stft(span, N_FFT, HOP_LENGTH, window=_hann_window(samples.device), center=False,
+                      return_complex=True)  # (201, stop - start)
+    mel = _filterbank_tensor(samples.device) @ (stft.abs() ** 2)  # (80, stop - start)
+    return torch.clamp(mel, min=LOG_FLOOR).log10()
+
+
+def _reflected(samples: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """samples[lo:hi], where indices before 0 or past the end mirror about the end samples
+    (excluding them), as torch.stft's reflect padding does: x[-k] = x[k], x[n-1+k] = x[n-1-k]."""
+    n = samples.shape[0]
+    if lo >= 0 and hi <= n:
+        return samples[lo:hi]
+    index = torch.arange(lo, hi, device=samples.device).abs()
+    index = torch.where(index >= n, 2 * (n - 1) - index, index)
+    return samples[index]

@@ -36,7 +36,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, allow_silent: b
     pieces = _decode_s16_mono(path, sample_rate)
     if not pieces or sum(p.size for p in pieces) == 0:
         raise InputError("the audio track decodes to zero samples", path, hint=_AUDIO_HINT)
-    samples = np.concatenate(pieces).astype(np.float32) / INT16_SCALE
+    samples = np.concatenate(pieces).astype(np.float32)
+    samples /= INT16_SCALE  # in place: one float32 copy of the track at a time, not two (exact: 2^15)
     if not allow_silent:
         check_not_silent(samples, path)
     return samples
