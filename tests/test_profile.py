@@ -124,8 +124,12 @@ def test_report_has_every_field_with_sane_values(profiled, mode):
     if not torch.cuda.is_available():
         assert r["total_cuda_s"] == 0
     memory = r["peak_memory_bytes"]
-    assert set(memory) == {"allocated", "reserved"}
+    assert set(memory) == {"allocated", "reserved", "one_time_allocated"}
     assert 0 <= memory["allocated"] <= memory["reserved"]
+    if torch.cuda.is_available():
+        assert memory["one_time_allocated"] > 0
+    else:
+        assert memory["one_time_allocated"] is None
     assert 100e6 < r["host_peak_rss_bytes"] < 1e12  # a process holding torch: more than 100 MB
 
     # top ops: at most 20, real ops (no stage ranges), by CUDA time with a GPU, else CPU time
@@ -235,6 +239,12 @@ def test_trace_and_markdown_are_written(profiled, mode):
         assert labelled >= set(STEADY), sorted(labelled)
     else:
         assert labelled >= {stages.AUDIO, stages.DENOISE}
+
+    # The load has its own trace, labelled as stage 01; the steady trace does not hold it.
+    (init_trace,) = (out / "trace_init").glob("*.pt.trace.json")
+    init_events = json.loads(init_trace.read_text())["traceEvents"]
+    assert stages.INIT in {e.get("name") for e in init_events}
+    assert stages.INIT not in labelled
 
     md = (out / "report.md").read_text()
     assert md.startswith(f"# fastsync profile: {mode} mode")

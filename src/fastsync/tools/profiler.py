@@ -1,7 +1,8 @@
 """`fastsync profile`: where the time and memory go, and what the output looks like.
 
 One run of the pipeline under torch.profiler, with the stages of fastsync.stages
-labelled. Writes into DIR: a TensorBoard trace, the output video, `report.json`
+labelled. Writes into DIR: TensorBoard traces of the job (`trace/`) and of the load
+(`trace_init/`), the output video, `report.json`
 and `report.md`. `--compare A/report.json B/report.json` prints two reports side by
 side with per-stage ratios and B's output quality against A's output.
 
@@ -53,9 +54,19 @@ def profile_run(args: argparse.Namespace) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
-    with clock.stage(stages.INIT):  # the load: reported as one-time stage 01
-        engine = LipSync.from_options(engine_options_from_args(args))
+    # The load (one-time stage 01) gets a trace of its own, `trace_init/`, so its ops do not
+    # mix into the steady-state totals and top ops. The warm-up is timed but not traced:
+    # under compilation it would record every fake-tensor op dynamo traces.
+    with torch.profiler.profile(activities=_activities(),
+                                on_trace_ready=torch.profiler.tensorboard_trace_handler(str(out_dir / "trace_init"))):
+        with clock.stage(stages.INIT):
+            engine = LipSync.from_options(engine_options_from_args(args))
     one_time.update(engine.warm_up(sampling))
+    one_time_peak = None
+    if torch.cuda.is_available():  # the job's own peak, below; the load's and warm-up's apart
+        torch.cuda.synchronize()
+        one_time_peak = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
 
     trace_dir = out_dir / "trace"
     with torch.profiler.profile(activities=_activities(), experimental_config=_all_threads_config(),
@@ -75,7 +86,7 @@ def profile_run(args: argparse.Namespace) -> dict:
     result = build_report(
         mode=args.mode, args=args, clock=clock, one_time=one_time, job_wall_s=job_wall, job=report,
         prof=prof, host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        quality=quality, dtype=str(engine.components.dtype),
+        quality=quality, dtype=str(engine.components.dtype), one_time_peak_allocated=one_time_peak,
     )
     write_report(result, out_dir)
     return result
