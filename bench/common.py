@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -39,17 +40,14 @@ def wall(fn) -> tuple[object, float]:
 
 
 def environment() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "sm_count": props.multi_processor_count,
-        "memory_gb": round(props.total_memory / 1e9, 1),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=torch.cuda.get_device_name(0), sm_count=props.multi_processor_count,
+                    memory_gb=round(props.total_memory / 1e9, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def save(results: dict, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fastsync.face.align import Aligner, crop_size, face_template, fit_similarity, warp_face
 from fastsync.face.parity import check_align_case
@@ -54,3 +55,31 @@ def test_warp_fills_outside_with_127():
     far_away = np.array([[1.0, 0, 5000], [0, 1, 5000]], np.float32)
     face = warp_face(frame, far_away, 256)
     assert face.shape == (256, 256, 3) and np.all(face == 127)
+
+
+@pytest.mark.parametrize("centre", [(120.0, 150.0), (10.0, 5.0), (235.0, 290.0), (5000.0, 150.0)],
+                         ids=["inside", "top-left-edge", "bottom-right-edge", "off-frame"])
+def test_windowed_warp_matches_sampling_the_whole_frame(centre):
+    """warp_to_crop samples only the window it reads; sampling the whole frame (the plain
+    way) must give the same crop, up to float rounding of the grid (at most 1 level)."""
+    from fastsync.face.align import FILL_VALUE, crop_grid, crop_size, sample_bilinear, warp_to_crop
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (300, 240, 3), dtype=np.uint8)
+    size = crop_size(128)
+    angle, scale = 0.2, 1.3
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    shift = np.array(size, dtype=np.float64) / 2 - linear @ np.array(centre)  # `centre` lands mid-crop
+    matrix = np.hstack([linear, shift[:, None]]).astype(np.float32)
+    windowed = warp_to_crop(frame, matrix, size).astype(int)
+
+    grid = crop_grid(matrix, size[0], size[1], frame.shape[1], frame.shape[0])
+    image = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+    whole, _ = sample_bilinear(image, grid, FILL_VALUE)
+    plain = whole[0].permute(1, 2, 0).numpy().astype(np.uint8).astype(int)
+
+    assert windowed.shape == plain.shape
+    assert np.abs(windowed - plain).max() <= 1
+    assert (windowed == plain).mean() > 0.99
+    if centre[0] > 1000:
+        assert (windowed == int(FILL_VALUE)).all()

@@ -41,6 +41,8 @@ The math is split into small array functions (`fit_similarity`, `smooth_offset`,
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -153,11 +155,39 @@ def sample_bilinear(image: torch.Tensor, grid: torch.Tensor, fill: float) -> tup
     return inside, coverage
 
 
+def source_window(inverse: np.ndarray, size: tuple[int, int], src_w: int, src_h: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), end-exclusive: the frame pixels a bilinear warp to `size` can read.
+
+    The crop's pixel centres map back to a parallelogram whose extremes are its corners;
+    each sample reads its pixel and the next one, and one more pixel on each side absorbs
+    float rounding. Clipped to the frame; the whole frame when too thin to sample.
+    """
+    width, height = size
+    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], np.float64)
+    mapped = corners @ inverse.T
+    x0 = max(0, math.floor(mapped[:, 0].min()) - 1)
+    y0 = max(0, math.floor(mapped[:, 1].min()) - 1)
+    x1 = min(src_w, math.floor(mapped[:, 0].max()) + 3)
+    y1 = min(src_h, math.floor(mapped[:, 1].max()) + 3)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return 0, 0, src_w, src_h
+    return x0, y0, x1, y1
+
+
 def warp_to_crop(frame: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Warp an RGB uint8 frame (H, W, 3) to the crop `size` = (width, height), uint8."""
+    """Warp an RGB uint8 frame (H, W, 3) to the crop `size` = (width, height), uint8.
+
+    Only the window of the frame the warp reads is converted to float and sampled (a face
+    is a small part of a 1080x1920 frame): the same bilinear samples, a tenth of the work.
+    Pixels outside the frame still read FILL_VALUE, since the window is clipped to the frame.
+    """
     height, width = frame.shape[:2]
-    grid = crop_grid(matrix, size[0], size[1], width, height)
-    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+    forward = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(forward)[:2]
+    x0, y0, x1, y1 = source_window(inverse, size, width, height)
+    inverse[:, 2] -= (x0, y0)  # sample window coordinates
+    grid = _grid_from_map(inverse, size[0], size[1], x1 - x0, y1 - y0)
+    image = torch.from_numpy(np.ascontiguousarray(frame[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
     crop, _ = sample_bilinear(image, grid, FILL_VALUE)
     # truncation, not rounding: the reference casts its float crop with astype(np.uint8)
     return crop[0].permute(1, 2, 0).numpy().astype(np.uint8)
