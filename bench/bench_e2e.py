@@ -12,6 +12,7 @@ paste-back are included. Writes a JSON with every figure and the side-by-side ra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import resource
 import time
@@ -40,10 +41,15 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    threads = [0] * runs if mode == "reference" else args.cpu_threads_variants * runs
-    for k, cpu_threads in enumerate(threads):
+    plan = [(0, None)] * runs if mode == "reference" else [
+        (t, q) for t in args.cpu_threads_variants for q in args.max_queued_variants] * runs
+    for k, (cpu_threads, max_queued) in enumerate(plan):
         if mode == "fast":
             set_cpu_threads(cpu_threads)
+            options = engine.components.options
+            if max_queued is not None:
+                engine.components.options = dataclasses.replace(
+                    options, fast=dataclasses.replace(options.fast, max_queued=max_queued))
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
         output = args.work / f"{mode}_{k}.mp4"
@@ -54,7 +60,8 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
         result["runs"].append({
-            "cpu_threads": cpu_threads or None, "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
+            "cpu_threads": cpu_threads or None,
+            "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None, "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
@@ -80,6 +87,8 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--cpu-threads-variants", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                         help="fast mode: one run per value of FastOptions.cpu_threads (0: library default)")
+    parser.add_argument("--max-queued-variants", type=lambda v: [int(x) for x in v.split(",")], default=[None],
+                        help="fast mode: one run per value of FastOptions.max_queued (default: as configured)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) until fast mode's

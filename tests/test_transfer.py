@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastsync.transfer import Download, upload
+from fastsync.transfer import Download, LaunchThrottle, upload
 
 
 def test_cpu_copies_pass_through():
@@ -24,3 +24,19 @@ def test_cuda_round_trip_is_exact():
     result = (big @ big).sum(dim=0) / 4096
     landed = Download(result).numpy()
     assert torch.equal(torch.from_numpy(landed), result.cpu())
+
+
+def test_throttle_is_off_on_cpu_and_at_zero():
+    assert not LaunchThrottle("cpu", 2).enabled
+    assert not LaunchThrottle("cuda", 0).enabled
+    LaunchThrottle("cpu", 2).mark()  # a no-op, even without CUDA
+
+
+@pytest.mark.requires_cuda
+def test_throttle_keeps_at_most_depth_marks_queued():
+    throttle = LaunchThrottle("cuda", 2)
+    big = torch.randn(4096, 4096, device="cuda")
+    for _ in range(6):
+        big = (big @ big) / 4096
+        throttle.mark()
+        assert len(throttle._pending) <= 2

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastsync.components import VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
-from fastsync.transfer import upload
+from fastsync.transfer import LaunchThrottle, upload
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class ChunkDenoiser:
         batch_vae: bool = False,
         vae_micro_batch: int = 0,
         on_chunk_start: Callable[[], None] | None = None,
+        max_queued: int = 0,
     ):
         self.predict = predict
         self.vae = vae
@@ -74,6 +75,8 @@ class ChunkDenoiser:
         # 2D VAE, so the split changes nothing but the order of float rounding.
         self.vae_micro_batch = vae_micro_batch
         self.on_chunk_start = on_chunk_start
+        # fast mode: how many steps / VAE micro-batches may be queued ahead of the GPU
+        self.throttle = LaunchThrottle(device, max_queued)
         res = mask.shape[-1]
         self.latent_size = res // VAE_DOWNSCALE
         self.mask = mask.to(device=device, dtype=dtype)[None, None]  # (1, 1, res, res)
@@ -103,6 +106,7 @@ class ChunkDenoiser:
             if n < size:
                 part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
             out.append(fn(part)[:n])
+            self.throttle.mark()
         return out
 
     def _posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +159,7 @@ class ChunkDenoiser:
             noise_uncond, noise_audio = self.predict(model_input, t, audio_cfg, step).chunk(2)
             noise = noise_uncond + self.options.guidance * (noise_audio - noise_uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
+            self.throttle.mark()
 
         decoded = self._decode(latents[0].permute(1, 0, 2, 3))  # (F, 3, res, res)
         keep = self.mask  # 1 outside the mouth: keep the reference pixels there

@@ -45,6 +45,10 @@ class FastOptions:
     # model runs on a GPU; 0 keeps the libraries' default of one per core. Fast mode already
     # runs that work in several threads beside x264's, so per-op thread teams oversubscribe.
     cpu_threads: int = 0
+    # Denoising steps / VAE micro-batches the job thread may queue ahead of the GPU (0: no
+    # limit). Past the launch queue's depth a launch blocks holding the GIL, which stalls
+    # the decode/warp and paste/encode threads (fastsync.transfer.LaunchThrottle).
+    max_queued: int = 2
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,8 @@ class Job:
                              device=self.c.device, dtype=self.c.dtype,
                              batch_vae=self.fast and self.c.options.fast.batch_vae,
                              vae_micro_batch=self.c.options.fast.vae_micro_batch if self.fast else 0,
-                             on_chunk_start=on_chunk_start)
+                             on_chunk_start=on_chunk_start,
+                             max_queued=self.c.options.fast.max_queued if self.fast else 0)
 
     def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, bar: Progress) -> Download | None:
         """Queue the chunk's GPU work and its copy back; `_finish` waits for the copy, so this

@@ -41,3 +41,28 @@ class Download:
         if self._ready is not None:
             self._ready.synchronize()
         return self._host.numpy()
+
+
+class LaunchThrottle:
+    """Keeps the thread that queues GPU work at most `depth` marks ahead of the GPU.
+
+    A thread queuing kernels far faster than the GPU runs them fills CUDA's launch queue;
+    each further launch then blocks inside the driver *holding the GIL*, so the decoding,
+    warping and encoding threads of fast mode stall with it. Waiting on a CUDA event
+    instead releases the GIL. Call `mark()` after each unit of work (a denoising step, a
+    VAE micro-batch); 0 or a CPU device disables it.
+    """
+
+    def __init__(self, device: torch.device | str, depth: int):
+        self.enabled = depth > 0 and torch.device(device).type == "cuda"
+        self.depth = depth
+        self._pending: list[torch.cuda.Event] = []
+
+    def mark(self) -> None:
+        if not self.enabled:
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append(event)
+        while len(self._pending) > self.depth:
+            self._pending.pop(0).synchronize()  # releases the GIL while it waits
