@@ -225,7 +225,7 @@ def test_lazy_chunks_straddle_windows_and_reach_the_partial_last_one(long_audio)
     samples, encoder, eager = long_audio
     lazy = LazyAudioFeatures.from_samples(samples, encoder)
     scale = eager.features.abs().max()
-    # Frame 750 centres on row 1500: frames 748-752 take rows from both sides of it.
+    # Frame 750 centres on row 1500: frames 748-751 take rows from both sides of row 1499 | 1500.
     assert_close_to(lazy.chunks(745, 755), eager.chunks(745, 755), scale)
     assert lazy.cached == [0, 1] and lazy.windows_encoded == 2
     # Rows 2996-3005: windows 1 and 2 (the partial one).
