@@ -3,16 +3,26 @@
 diffusers is the well-kept implementation of both; we only pin their configuration
 here, so that the numbers match the reference's `configs/scheduler_config.json` and
 `stabilityai/sd-vae-ft-mse`.
+
+diffusers is imported inside the functions that build the models, not at the top. Its
+import runs diffusers.utils, which imports torch._dynamo: ~1.2 s on the 2-core CI machine
+(bench/results/import_cpu.json), 6.8 s + 5 s on the H100 machine (bench/results/README.md).
+The constants here are needed by modules that never build a VAE (fastsync.denoise, and
+through it fastsync.api), so they must not pay for it. Importing from diffusers'
+submodules instead would not help: Python runs the package's __init__ first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler
 
 from fastsync.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler
 
 # configs/scheduler_config.json of the reference, key for key.
 DDIM_CONFIG = dict(
@@ -49,6 +59,8 @@ VAE_PRESETS = {
 
 
 def make_scheduler() -> DDIMScheduler:
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(**DDIM_CONFIG)
 
 
@@ -58,6 +70,8 @@ def _configure(vae: AutoencoderKL) -> AutoencoderKL:
 
 
 def random_vae(size: str = "full", *, seed: int = 0) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**VAE_PRESETS[size])
@@ -66,6 +80,8 @@ def random_vae(size: str = "full", *, seed: int = 0) -> AutoencoderKL:
 
 def load_vae(vae_dir: Path) -> AutoencoderKL:
     """Load sd-vae-ft-mse from a local diffusers folder, or from the HF cache by repo id."""
+    from diffusers import AutoencoderKL
+
     if vae_dir.is_dir():
         try:
             return _configure(AutoencoderKL.from_pretrained(vae_dir))
