@@ -83,3 +83,25 @@ def test_windowed_warp_matches_sampling_the_whole_frame(centre):
     assert (windowed == plain).mean() > 0.99
     if centre[0] > 1000:
         assert (windowed == int(FILL_VALUE)).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_pass_sampling_equals_sampling_image_and_ones_apart(channels):
+    """sample_bilinear samples the image and its coverage in one grid_sample call (a ones
+    channel); that must be bit for bit the two separate calls it replaced."""
+    import torch.nn.functional as F
+
+    from fastsync.face.align import FILL_VALUE, sample_bilinear
+
+    gen = torch.Generator().manual_seed(channels)
+    image = torch.rand((1, channels, 61, 47), generator=gen) * 255
+    grid = torch.rand((1, 33, 29, 2), generator=gen) * 2.6 - 1.3  # some samples fall outside
+    values, coverage = sample_bilinear(image, grid, FILL_VALUE)
+
+    def apart(img):
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    expected_coverage = apart(torch.ones((1, 1, 61, 47)))
+    assert (expected_coverage < 0.5).any() and (expected_coverage > 0.5).any()  # edges are exercised
+    assert torch.equal(coverage, expected_coverage)
+    assert torch.equal(values, apart(image) + (1 - expected_coverage) * FILL_VALUE)

@@ -50,3 +50,4 @@ def test_window_equals_whole_frame(aligned, shift):
     edited[:, 256:] *= -0.5
     np.testing.assert_array_equal(paste_back(frame, edited, moved, window=True),
                                   paste_back(frame, edited, moved, window=False))
+

@@ -146,13 +146,23 @@ def sample_bilinear(image: torch.Tensor, grid: torch.Tensor, fill: float) -> tup
     bilinear weight that fell inside the image, the same as sampling an all-ones image.
     Blending with `fill` by (1 - coverage) equals sampling an image padded with `fill`.
     """
-    _, _, h, w = image.shape
-    inside = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    ones = torch.ones((1, 1, h, w), dtype=image.dtype)
-    coverage = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    sampled = F.grid_sample(with_ones_channel(image), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=True)
+    inside, coverage = sampled[:, :-1], sampled[:, -1:]
     if fill:
         inside = inside + (1.0 - coverage) * fill
     return inside, coverage
+
+
+def with_ones_channel(image: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (1, C + 1, H, W) with a last channel of ones.
+
+    grid_sample weighs every channel of a pixel alike, so the ones channel comes out as
+    the coverage, bit for bit what sampling a separate ones image gives, and the grid's
+    indices and weights are worked out once instead of twice (tests/test_face_align.py).
+    """
+    _, _, h, w = image.shape
+    return torch.cat([image, torch.ones((1, 1, h, w), dtype=image.dtype)], dim=1)
 
 
 def source_window(inverse: np.ndarray, size: tuple[int, int], src_w: int, src_h: int) -> tuple[int, int, int, int]:

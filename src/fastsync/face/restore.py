@@ -99,6 +99,19 @@ def _warp_back(face: torch.Tensor, affine: np.ndarray, box) -> tuple[torch.Tenso
     return values, coverage[0, 0].numpy()
 
 
+def _eroded_area(coverage: np.ndarray, box, tight) -> float:
+    """Sum of the 2x2-eroded coverage over the `tight` footprint, from coverage over `box`.
+
+    Outside the tight footprint the coverage is zero, and erosion cannot raise a zero, so
+    the sum is the one over the footprint alone. It is taken over a contiguous copy of that
+    window so that float32 adds in the same order as on a footprint-sized array.
+    """
+    x0, y0 = tight[0] - box[0], tight[1] - box[1]
+    window = coverage[y0:y0 + tight[3] - tight[1], x0:x0 + tight[2] - tight[0]]
+    eroded = cv2.erode(np.ascontiguousarray(window), np.ones((2, 2), np.uint8))
+    return float(eroded.sum(dtype=np.float32))
+
+
 def paste_back(frame: np.ndarray, face: np.ndarray | torch.Tensor, affine: np.ndarray,
                window: bool = True) -> np.ndarray:
     """Blend `face` into a copy of `frame` (H, W, 3) uint8 RGB.
@@ -106,6 +119,11 @@ def paste_back(frame: np.ndarray, face: np.ndarray | torch.Tensor, affine: np.nd
     `face`: (3, S, S) float in [-1, 1] or (S, S, 3) uint8, any S (it is resized to the
     crop); `affine`: the (2, 3) frame->crop matrix the face was aligned with. The crop
     size follows from S, as the reference's resolution sets both.
+
+    The face and the crop's coverage are sampled in one pass over a window wide enough for
+    any blur the footprint can need (its pixel count bounds the mask area); a window wider
+    than needed changes nothing, since the blend weight is exactly zero outside the blur's
+    reach (tests/test_face_restore.py proves it against the whole frame).
     """
     frame = np.asarray(frame)
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
@@ -119,22 +137,20 @@ def paste_back(frame: np.ndarray, face: np.ndarray | torch.Tensor, affine: np.nd
 
     # The mask area (and so the blur width) needs only the tight footprint.
     tight = _footprint_box(affine, size, frame_w, frame_h, 0) if window else (0, 0, frame_w, frame_h)
+    out = frame.copy()
     if tight[2] <= tight[0] or tight[3] <= tight[1]:
-        return frame.copy()  # the crop lies entirely outside the frame
-    ones = torch.ones((1, size[1], size[0]))
-    _, coverage = _warp_back(ones, affine, tight)
-    eroded = cv2.erode(coverage, np.ones((2, 2), np.uint8))
-    w_edge = edge_width(float(eroded.sum(dtype=np.float32)))
-
-    box = _footprint_box(affine, size, frame_w, frame_h, w_edge + 2) if window else tight
-    x0, y0, x1, y1 = box
+        return out  # the crop lies entirely outside the frame
+    widest = edge_width((tight[2] - tight[0]) * (tight[3] - tight[1]))  # area <= the box's pixels
+    box = _footprint_box(affine, size, frame_w, frame_h, widest + 2) if window else tight
     face_px, coverage = _warp_back(crop, affine, box)
+    w_edge = edge_width(_eroded_area(coverage, box, tight))
+
+    x0, y0, x1, y1 = box
     eroded = cv2.erode(coverage, np.ones((2, 2), np.uint8))
     soft = torch.from_numpy(soften(eroded, w_edge))
     eroded_t = torch.from_numpy(eroded)
 
     region = torch.from_numpy(frame[y0:y1, x0:x1]).permute(2, 0, 1).float()
     blended = soft * (eroded_t * face_px) + (1 - soft) * region
-    out = frame.copy()
     out[y0:y1, x0:x1] = blended.permute(1, 2, 0).to(torch.uint8).numpy()
     return out
