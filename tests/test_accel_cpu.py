@@ -269,7 +269,7 @@ def test_face_workers_detect_the_same_landmarks(clip):
     from fastsync.face.cache import LandmarkCache
     from fastsync.face.landmarks import make_landmarker
     from fastsync.media.video import iter_frames_25fps
-    from fastsync.pipeline import FaceTracker
+    from fastsync.chunks import FaceTracker
 
     video = clip[0]
     frames = list(iter_frames_25fps(video, max_frames=12))
@@ -288,7 +288,7 @@ def test_face_workers_detect_the_same_landmarks(clip):
     for name, workers in (("sequential", None), ("threads", ThreadPoolExecutor(4))):
         threads.clear()
         cache = LandmarkCache(None, video, "dlib")
-        tracker = FaceTracker(components, workers, cache)
+        tracker = FaceTracker(components.landmarker, components.options.resolution, workers, cache)
         results[name] = (tracker.process(sources, frames), cache.entries, set(threads))
         if workers is not None:
             workers.shutdown()

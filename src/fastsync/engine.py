@@ -36,6 +36,14 @@ class FastOptions:
     # reference's output (bench/results/e2e_h200_veryfast.json); encoding overlaps the GPU
     # work, so "medium" costs little wall time.
     x264_preset: str = "medium"
+    # libx264 threads (0: its default, 1.5 per core). 1 makes the encoded file reproducible
+    # bit for bit, which tests comparing whole jobs rely on.
+    x264_threads: int = 0
+    # Run the host stages (decode+align, paste+encode) in two worker processes instead of
+    # threads, so they never wait for the GIL that the GPU thread holds while it launches
+    # kernels (fastsync.host_processes). Off until the side-by-side GPU benchmark
+    # (bench/bench_e2e.py --host-variants threads,processes) has measured it.
+    host_processes: bool = False
     # Temporal attention has 16-token sequences in huge batches; the memory-efficient kernel
     # beats the flash-style ones there (bench/results/attention_*.json).
     motion_attention: str = "sdpa-efficient"

@@ -10,7 +10,10 @@
                                       H.264 + AAC, written atomically
 
 In fast mode, preparing chunk k+1 (decode, detect, align) and finishing chunk k-1
-(paste back, encode) run in worker threads while the GPU denoises chunk k.
+(paste back, encode) run in worker threads while the GPU denoises chunk k, or, with
+`FastOptions.host_processes`, in two worker processes (fastsync.host_processes) so that
+they never wait for the interpreter lock the GPU thread holds. The per-chunk host work
+itself is in fastsync.chunks, the same code for every variant.
 
 The audio side streams too: the job holds the samples (for the muxer) and their log-mel,
 and encodes a 30 s whisper window when the first chunk that needs it is denoised, keeping
@@ -30,9 +33,10 @@ import numpy as np
 import torch
 
 from fastsync import stages
+from fastsync.chunks import Chunk, FaceTracker, iter_chunks, paste_chunk
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
-from fastsync.errors import InputError, NoFaceError
+from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
 from fastsync.progress import Progress
 from fastsync.transfer import Download
@@ -64,76 +68,6 @@ class JobReport:
         return text
 
 
-@dataclass
-class Chunk:
-    index: int
-    start: int  # output frame of frames[0]; the audio context is gathered for [start, start + F)
-    frames: list[np.ndarray]  # original frames, RGB uint8 (H, W, 3)
-    faces: torch.Tensor | None  # (F, 3, res, res) uint8, None when no frame has a face
-    affines: list[np.ndarray | None]  # per frame: the similarity transform, None = no face
-
-
-class FaceTracker:
-    """Landmarks -> smoothed alignment, once per *source* frame.
-
-    When the video is ping-pong looped, a source frame is seen again in reverse; the
-    reference aligns the source video once and reuses the result, so we keep each
-    source frame's affine matrix (a few bytes) and re-warp with it.
-    """
-
-    def __init__(self, components: Components, workers: ThreadPoolExecutor | None, cache: LandmarkCache):
-        from fastsync.face.align import Aligner
-
-        self.landmarker = components.landmarker
-        self.aligner = Aligner(components.options.resolution)
-        self.workers = workers
-        self.cache = cache
-        self.affine_by_source: dict[int, np.ndarray | None] = {}
-        self.without_face = 0
-        self.several_faces = 0
-
-    def _detect(self, frames: list[np.ndarray]) -> list:
-        if self.workers is None or len(frames) == 1:
-            return [self.landmarker.detect(f) for f in frames]
-        return list(self.workers.map(self.landmarker.detect, frames))
-
-    def _landmarks(self, sources: list[int], frames: list[np.ndarray]) -> None:
-        """Fill the cache for every source frame not seen before (detection runs batched)."""
-        todo: dict[int, int] = {}  # source -> its first position in this batch
-        for i, s in enumerate(sources):
-            # A looped video shows a source frame twice within one chunk: detect it once.
-            if s not in self.cache and s not in self.affine_by_source and s not in todo:
-                todo[s] = i
-        for i, result in zip(todo.values(), self._detect([frames[i] for i in todo.values()])):
-            if result is None:
-                self.cache.put(sources[i], None)
-            else:
-                self.cache.put(sources[i], result.points3, result.num_faces)
-
-    def process(self, sources: list[int], frames: list[np.ndarray]):
-        """Returns per frame (face uint8 (res,res,3) | None, affine | None)."""
-        from fastsync.face.align import warp_face
-
-        self._landmarks(sources, frames)
-        out = []
-        for source, frame in zip(sources, frames):
-            if source not in self.affine_by_source:  # first visit: smoothing runs in source order
-                entry = self.cache.get(source)
-                if entry is None:
-                    self.affine_by_source[source] = None
-                else:
-                    points3, num_faces = entry
-                    self.several_faces += int(num_faces > 1)
-                    self.affine_by_source[source] = self.aligner.next_matrix(points3)
-            affine = self.affine_by_source[source]
-            if affine is None:
-                self.without_face += 1
-                out.append((None, None))
-            else:
-                out.append((warp_face(frame, affine, self.aligner.resolution), affine))
-        return out
-
-
 def mouth_box(affine: np.ndarray, mouth_rect: tuple[int, int, int, int], resolution: int,
               frame_size: tuple[int, int]) -> list[int]:
     """The frame-space bounding box (x0, y0, x1, y1) of the regenerated mouth region."""
@@ -159,21 +93,9 @@ def mask_rect(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _faces_tensor(faces: list[np.ndarray | None]) -> torch.Tensor | None:
-    """Stack faces (F, 3, res, res); a frame without a face borrows its nearest neighbour's,
-    so the temporal layers see a plausible clip (its output is discarded)."""
-    valid = [i for i, f in enumerate(faces) if f is not None]
-    if not valid:
-        return None
-    filled = [faces[i] if faces[i] is not None else faces[min(valid, key=lambda v: abs(v - i))]
-              for i in range(len(faces))]
-    return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).contiguous()
-
-
-def _paste(frame: np.ndarray, face: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    from fastsync.face.restore import paste_back
-
-    return frame if affine is None else paste_back(frame, face, affine)
+def _no_face(video: Path) -> NoFaceError:
+    return NoFaceError("no face was found in any frame", video,
+                       hint="fastsync needs a visible, roughly frontal face")
 
 
 def load_job_audio(path: Path) -> np.ndarray:
@@ -226,21 +148,7 @@ class Job:
     def _audio_context(self, chunk: Chunk) -> torch.Tensor:
         """(F, 50, 384) float32 on the encoder's device; encodes a window the first time one is reached."""
         with self.clock.stage(stages.AUDIO):
-            return self._features.chunks(chunk.start, chunk.start + len(chunk.frames))
-
-    def _chunks(self, video: Path, n: int, tracker: FaceTracker, bar: Progress) -> Iterator[Chunk]:
-        from fastsync.media.video import FrameSource
-
-        step = self.sampling.num_frames
-        source = iter(FrameSource(video, n))
-        for index, start in enumerate(range(0, n, step)):
-            with self.clock.stage(stages.ALIGN):  # decode + landmarks + warp of one chunk
-                pairs = [next(source) for _ in range(min(step, n - start))]  # (source index, frame)
-                sources, frames = [p[0] for p in pairs], [p[1] for p in pairs]
-                faces, affines = zip(*tracker.process(sources, frames))
-                chunk = Chunk(index, start, frames, _faces_tensor(list(faces)), list(affines))
-            bar.update("faces", len(frames))
-            yield chunk  # outside the stage: the consumer's time is not ours
+            return self._features.chunks(chunk.start, chunk.start + chunk.count)
 
     # -- the job ------------------------------------------------------------------------------
     def run(self, video: Path, audio_path: Path, output: Path) -> JobReport:
@@ -256,25 +164,29 @@ class Job:
         n = audio.num_frames
         kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once
 
+        self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
+        if self.fast and self.c.options.fast.host_processes:
+            return self._run_in_processes(video, audio_path, output, info, n, started)
+
         denoiser = self._denoiser()
         workers = self._face_workers()
         cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
-        tracker = FaceTracker(self.c, workers, cache)
-        self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
+        tracker = FaceTracker(self.c.landmarker, self.c.options.resolution, workers, cache)
         bar = Progress(n, enabled=self.progress)
         try:
-            preset = self.c.options.fast.x264_preset if self.fast else "medium"
+            fast = self.c.options.fast
+            preset, threads = (fast.x264_preset, fast.x264_threads) if self.fast else ("medium", 0)
             with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
-                             sample_rate=AUDIO_SAMPLE_RATE, preset=preset) as writer:
-                chunks = self._chunks(video, n, tracker, bar)
-                if self.fast and self.c.options.fast.overlap:
+                             sample_rate=AUDIO_SAMPLE_RATE, preset=preset, threads=threads) as writer:
+                chunks = iter_chunks(video, n, self.sampling.num_frames, tracker, self.clock,
+                                     on_chunk=lambda k: bar.update("faces", k))
+                if self.fast and fast.overlap:
                     self._run_overlapped(chunks, denoiser, writer, workers, bar)
                 else:
                     for chunk in chunks:
-                        self._finish(chunk, self._denoise(chunk, denoiser, bar), writer, None, bar)
+                        self._finish(chunk, self._denoise(chunk, denoiser), writer, None, bar)
                 if tracker.without_face == n:
-                    raise NoFaceError("no face was found in any frame", video,
-                                      hint="fastsync needs a visible, roughly frontal face")
+                    raise _no_face(video)
                 with self.clock.stage(stages.WRITE):  # x264 holds its look-ahead until the flush
                     writer.close()
         finally:
@@ -282,6 +194,65 @@ class Job:
         cache.save()
         return JobReport(output, n, time.perf_counter() - started, tracker.without_face,
                          tracker.several_faces, self.clock.as_dict(), self.mouth_boxes)
+
+    def _run_in_processes(self, video: Path, audio_path: Path, output: Path, info, n: int,
+                          started: float) -> JobReport:
+        """The job with its host stages in two worker processes: this thread only queues GPU
+        work. Chunk k+1 is queued on the GPU before chunk k's result is handed on, as in
+        `_run_overlapped`."""
+        from fastsync.host_processes import HostProcesses, warm_up
+
+        warm_up()
+        prepare, finish = self._host_specs(video, audio_path, output, info, n)
+        denoiser = self._denoiser()
+        bar = Progress(n, enabled=self.progress)
+        try:
+            with HostProcesses(prepare, finish, self.clock, on_written=lambda k: bar.update("write", k)) as host:
+                pending: tuple[Chunk, Download | None] | None = None
+                for chunk in host.chunks():
+                    bar.update("faces", chunk.count)
+                    # float16 on a GPU, as the decoder made it: paste-back upcasts it exactly
+                    faces = self._denoise(chunk, denoiser, upcast=False)
+                    if pending is not None:
+                        self._hand_over(host, *pending, bar)
+                    pending = (chunk, faces)
+                if pending is not None:
+                    self._hand_over(host, *pending, bar)
+                if host.without_face == n:
+                    raise _no_face(video)
+                host.close()
+        finally:
+            bar.close()
+        return JobReport(output, n, time.perf_counter() - started, host.without_face,
+                         host.several_faces, self.clock.as_dict(), self.mouth_boxes)
+
+    def _host_specs(self, video: Path, audio_path: Path, output: Path, info, n: int):
+        from fastsync.host_processes import FinishSpec, PrepareSpec
+
+        fast, landmarker = self.c.options.fast, self.c.landmarker
+        if not hasattr(landmarker, "kind"):
+            raise FastsyncError("FastOptions.host_processes needs the engine's own landmarker (a worker "
+                                "process builds its copy); use host_processes=False with a custom one")
+        prepare = PrepareSpec(video, n, self.sampling.num_frames, self.c.options.resolution, landmarker.kind,
+                              landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
+                              fast.face_workers)
+        finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
+                            fast.x264_threads, fast.face_workers)
+        return prepare, finish
+
+    def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:
+        faces = None
+        if pending is not None:
+            with self.clock.stage(stages.DENOISE):  # the GPU time not hidden behind other work
+                faces = pending.numpy()
+        bar.update("denoise", chunk.count)
+        host.finish(chunk, faces)
+        self._record_mouths(chunk)
+
+    def _record_mouths(self, chunk: Chunk) -> None:
+        rect, size = self._mouth
+        res = self.c.options.resolution
+        self.mouth_boxes += [None if a is None else mouth_box(a, rect, res, size) for a in chunk.affines]
 
     def _face_workers(self) -> ThreadPoolExecutor | None:
         """Fast mode's detection/paste-back threads live with the engine, so each thread's
@@ -304,7 +275,7 @@ class Job:
                              on_chunk_start=on_chunk_start,
                              max_queued=self.c.options.fast.max_queued if self.fast else 0)
 
-    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, bar: Progress) -> Download | None:
+    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, upcast: bool = True) -> Download | None:
         """Queue the chunk's GPU work and its copy back; `_finish` waits for the copy, so this
         thread goes on to queue the next chunk while the GPU works (see fastsync.transfer)."""
         faces = None  # no face in the whole chunk: its frames pass through untouched
@@ -312,7 +283,8 @@ class Job:
             audio = self._audio_context(chunk)
             with self.clock.stage(stages.DENOISE):
                 # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
-                faces = Download(denoiser(chunk.faces, audio).float())
+                result = denoiser(chunk.faces, audio)
+                faces = Download(result.float() if upcast else result)
         return faces
 
     def _finish(self, chunk: Chunk, pending: Download | None, writer, workers, bar) -> None:
@@ -320,20 +292,13 @@ class Job:
         if pending is not None:
             with self.clock.stage(stages.DENOISE):  # the GPU time not hidden behind other work
                 faces = pending.numpy()
-        bar.update("denoise", len(chunk.frames))
+        bar.update("denoise", chunk.count)
         with self.clock.stage(stages.RESTORE):
-            if faces is None:
-                frames = chunk.frames
-            elif workers is None:
-                frames = [_paste(f, face, a) for f, face, a in zip(chunk.frames, faces, chunk.affines)]
-            else:
-                frames = list(workers.map(_paste, chunk.frames, faces, chunk.affines))
+            frames = paste_chunk(chunk.frames, faces, chunk.affines, workers)
         with self.clock.stage(stages.WRITE):
             for frame in frames:
                 writer.write(frame)
-        rect, size = self._mouth
-        res = self.c.options.resolution
-        self.mouth_boxes += [None if a is None else mouth_box(a, rect, res, size) for a in chunk.affines]
+        self._record_mouths(chunk)
         bar.update("write", len(frames))
 
     def _run_overlapped(self, chunks: Iterator[Chunk], denoiser, writer, workers, bar) -> None:
@@ -346,7 +311,7 @@ class Job:
             upcoming = prepare.submit(next, chunks, None)
             while (chunk := upcoming.result()) is not None:
                 upcoming = prepare.submit(next, chunks, None)
-                faces = self._denoise(chunk, denoiser, bar)
+                faces = self._denoise(chunk, denoiser)
                 if pending is not None:
                     pending.result()  # keep output order, and surface errors
                 pending = finish.submit(self._finish, chunk, faces, writer, workers, bar)

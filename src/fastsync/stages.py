@@ -52,5 +52,12 @@ class StageClock:
             self.seconds[name] += elapsed
             self.calls[name] += 1
 
+    def add(self, seconds: dict[str, float]) -> None:
+        """Add stage seconds measured elsewhere (a worker process's own clock)."""
+        with self._lock:
+            for name, value in seconds.items():
+                self.seconds[name] += value
+                self.calls[name] += 1
+
     def as_dict(self) -> dict[str, float]:
         return {name: round(self.seconds.get(name, 0.0), 4) for name in ALL_STAGES}

@@ -1,0 +1,105 @@
+"""FastOptions.host_processes: the host stages in two worker processes.
+
+The processes run the same per-chunk functions as the threads (fastsync.chunks), so a
+job must give the same file; with libx264 on one thread the encoded frames are equal bit
+for bit. Failures on either side must surface with their cause and leave no output.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from demo_clip import demo_clip
+from fastsync import stages
+from fastsync.denoise import ChunkDenoiser, SamplingOptions
+from fastsync.engine import EngineOptions, FastOptions
+from fastsync.errors import NoFaceError
+from fastsync.host_processes import HostWorkerError
+from fastsync.media.video import iter_frames_25fps
+from job_clips import write_clip
+
+SAMPLING = SamplingOptions(steps=3)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, assets_dir):
+    return demo_clip(assets_dir, tmp_path_factory.mktemp("clip"))
+
+
+def _engine(host_processes: bool):
+    from fastsync.api import LipSync
+
+    options = EngineOptions(random_weights=True, model_size="tiny", device="cpu", mode="fast",
+                            fast=FastOptions(host_processes=host_processes, x264_threads=1))
+    return LipSync.from_options(options)
+
+
+def _workers_left() -> list[str]:
+    return [p.name for p in multiprocessing.active_children() if p.name.startswith("fastsync-")]
+
+
+def test_processes_give_the_threads_output(clip, tmp_path):
+    out = {}
+    for host_processes in (False, True):
+        cache = tmp_path / f"faces-{host_processes}.json"
+        report = _engine(host_processes).run(*clip, tmp_path / f"{host_processes}.mp4", sampling=SAMPLING,
+                                             progress=False, landmarks_cache=cache)
+        assert cache.is_file()  # the prepare process saved what it detected
+        out[host_processes] = (report, np.stack(list(iter_frames_25fps(report.output))))
+    (threads, frames_t), (procs, frames_p) = out[False], out[True]
+    assert procs.frames == threads.frames == len(frames_p) == 27
+    assert procs.frames_without_face == threads.frames_without_face == 0
+    assert procs.mouth_boxes == threads.mouth_boxes
+    assert np.array_equal(frames_p, frames_t)
+    # the mouth was regenerated (random weights make it noise), so equality is not trivial
+    source = np.stack(list(iter_frames_25fps(clip[0], max_frames=27)))
+    assert np.abs(frames_p.astype(int) - source).max() > 50
+    for stage in (stages.ALIGN, stages.RESTORE, stages.WRITE):
+        assert procs.stages[stage] > 0, stage  # the workers' own clocks reach the report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["False.mp4", "True.mp4", "faces-False.json",
+                                                         "faces-True.json"]
+    assert _workers_left() == []
+
+
+def test_a_worker_failure_names_its_cause_and_leaves_nothing(clip, tmp_path):
+    """The prepare process cannot save the landmark cache into a missing folder: the job
+    fails with that process's error, and the finishing process drops its file."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(HostWorkerError, match="prepare worker failed: FileNotFoundError"):
+        _engine(True).run(*clip, out_dir / "result.mp4", sampling=SAMPLING, progress=False,
+                          landmarks_cache=tmp_path / "missing" / "faces.json")
+    assert list(out_dir.iterdir()) == []
+    assert _workers_left() == []
+
+
+def test_a_failure_in_the_job_aborts_the_workers(clip, tmp_path, monkeypatch):
+    calls = []
+    denoise = ChunkDenoiser.__call__
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the GPU fell over")
+        return denoise(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChunkDenoiser, "__call__", failing)
+    with pytest.raises(RuntimeError, match="the GPU fell over"):
+        _engine(True).run(*clip, tmp_path / "result.mp4", sampling=SAMPLING, progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its hidden temporary file
+    assert _workers_left() == []
+
+
+def test_a_video_without_a_face_keeps_its_error_class(tmp_path, clip):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(8)]
+    video = write_clip(tmp_path / "noise.mp4", frames)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(NoFaceError, match="no face was found"):
+        _engine(True).run(video, clip[1], out_dir / "result.mp4", sampling=SAMPLING, progress=False)
+    assert list(out_dir.iterdir()) == []
+    assert _workers_left() == []
