@@ -41,15 +41,21 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    plan = [(0, None)] * runs if mode == "reference" else [
-        (t, q) for t in args.cpu_threads_variants for q in args.max_queued_variants] * runs
-    for k, (cpu_threads, max_queued) in enumerate(plan):
+    plan = [(0, None, "threads")] * runs if mode == "reference" else [
+        (t, q, h) for t in args.cpu_threads_variants for q in args.max_queued_variants
+        for h in args.host_variants] * runs
+    if mode == "fast" and "processes" in args.host_variants:
+        from fastsync.host_processes import warm_up
+
+        warm_up()  # what prepare_fast does when the option is on from the start
+    for k, (cpu_threads, max_queued, host) in enumerate(plan):
         if mode == "fast":
             set_cpu_threads(cpu_threads)
             options = engine.components.options
+            changes = {"host_processes": host == "processes"}
             if max_queued is not None:
-                engine.components.options = dataclasses.replace(
-                    options, fast=dataclasses.replace(options.fast, max_queued=max_queued))
+                changes["max_queued"] = max_queued
+            engine.components.options = dataclasses.replace(options, fast=dataclasses.replace(options.fast, **changes))
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
         output = args.work / f"{mode}_{k}.mp4"
@@ -60,7 +66,7 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
         result["runs"].append({
-            "cpu_threads": cpu_threads or None,
+            "cpu_threads": cpu_threads or None, "host": host if mode == "fast" else None,
             "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None, "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
@@ -89,6 +95,9 @@ def main() -> None:
                         help="fast mode: one run per value of FastOptions.cpu_threads (0: library default)")
     parser.add_argument("--max-queued-variants", type=lambda v: [int(x) for x in v.split(",")], default=[None],
                         help="fast mode: one run per value of FastOptions.max_queued (default: as configured)")
+    parser.add_argument("--host-variants", type=lambda v: v.split(","), default=["threads"],
+                        help="fast mode: one run per host-stage variant, threads and/or processes "
+                             "(FastOptions.host_processes)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) until fast mode's

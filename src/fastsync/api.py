@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, load_components
+from fastsync.engine import Components, EngineOptions, FastOptions, load_components
 from fastsync.errors import FastsyncError
 from fastsync.pipeline import Job, JobReport, check_inputs
 
@@ -54,6 +54,8 @@ class LipSync:
 def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOptions:
     values = dict(version=args.version, checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights,
                   model_size=args.model_size, device=args.device, face_backend=args.face_backend, mode=args.mode)
+    if getattr(args, "host_processes", False):
+        values["fast"] = FastOptions(host_processes=True)
     values.update(overrides)
     return EngineOptions(**values)
 

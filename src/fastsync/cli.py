@@ -35,6 +35,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
     g.add_argument("--mode", choices=["fast", "reference"], default="fast",
                    help="fast = every fastsync optimisation; reference = behave like the reference code")
+    g.add_argument("--host-processes", action="store_true",
+                   help="fast mode: decode/align and paste/encode in two worker processes instead of threads")
     g.add_argument("--landmarks-cache", type=Path, default=None,
                    help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
 

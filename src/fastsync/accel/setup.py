@@ -27,6 +27,10 @@ def prepare_fast(c: Components) -> dict[str, float]:
         for module in c.unet.modules():
             if isinstance(module, TemporalSelfAttention):
                 module.backend = fast.motion_attention
+    if fast.host_processes:
+        from fastsync.host_processes import warm_up
+
+        warm_up()  # the fork server imports the host modules while the weights load
     if fast.channels_last:
         c.unet.to(memory_format=torch.channels_last)
         c.vae.to(memory_format=torch.channels_last)
