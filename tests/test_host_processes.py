@@ -103,3 +103,14 @@ def test_a_video_without_a_face_keeps_its_error_class(tmp_path, clip):
         _engine(True).run(video, clip[1], out_dir / "result.mp4", sampling=SAMPLING, progress=False)
     assert list(out_dir.iterdir()) == []
     assert _workers_left() == []
+
+
+def test_cli_flag_turns_host_processes_on():
+    from fastsync.api import engine_options_from_args
+    from fastsync.cli import build_parser
+
+    base = ["run", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4"]
+    on = engine_options_from_args(build_parser().parse_args([*base, "--host-processes"]))
+    off = engine_options_from_args(build_parser().parse_args(base))
+    assert on.fast.host_processes and not off.fast.host_processes
+    assert on.fast == FastOptions(host_processes=True)  # nothing else changes
