@@ -114,3 +114,20 @@ def test_cli_flag_turns_host_processes_on():
     off = engine_options_from_args(build_parser().parse_args(base))
     assert on.fast.host_processes and not off.fast.host_processes
     assert on.fast == FastOptions(host_processes=True)  # nothing else changes
+
+
+@pytest.mark.requires_cuda
+def test_processes_give_the_threads_output_on_cuda(clip, tmp_path):
+    """The job process owns CUDA; the workers come from a fork server that never touched
+    it. Same file as the threaded job (compile off: minutes to build, tested elsewhere)."""
+    from fastsync.api import LipSync
+
+    frames = {}
+    for host_processes in (False, True):
+        fast = FastOptions(host_processes=host_processes, x264_threads=1, compile=False)
+        engine = LipSync.from_options(EngineOptions(random_weights=True, model_size="tiny", device="cuda",
+                                                    mode="fast", fast=fast))
+        report = engine.run(*clip, tmp_path / f"{host_processes}.mp4", sampling=SAMPLING, progress=False)
+        frames[host_processes] = np.stack(list(iter_frames_25fps(report.output)))
+    assert np.array_equal(frames[True], frames[False])
+    assert _workers_left() == []
