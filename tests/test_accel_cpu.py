@@ -264,12 +264,14 @@ def test_fast_mode_frames_match_reference_mode(job_frames):
     assert source.std() > 10
 
 
-def test_face_workers_detect_the_same_landmarks(clip):
-    """FaceTracker with a pool of 4 detection threads equals one-frame-at-a-time detection."""
+def test_face_workers_detect_the_same_landmarks(clip, monkeypatch):
+    """FaceTracker with a pool of 4 threads (detection, then the warps) equals one frame at a
+    time: the same landmarks, matrices and aligned faces, bit for bit."""
+    import fastsync.face.align as align
     from fastsync.face.cache import LandmarkCache
     from fastsync.face.landmarks import make_landmarker
-    from fastsync.media.video import iter_frames_25fps
     from fastsync.chunks import FaceTracker
+    from fastsync.media.video import iter_frames_25fps
 
     video = clip[0]
     frames = list(iter_frames_25fps(video, max_frames=12))
@@ -282,19 +284,29 @@ def test_face_workers_detect_the_same_landmarks(clip):
         threads.add(threading.get_ident())
         return detect(frame)
 
+    warp_threads: set[int] = set()
+    warp = align.warp_face
+
+    def recording_warp(*args):
+        warp_threads.add(threading.get_ident())
+        return warp(*args)
+
+    monkeypatch.setattr(align, "warp_face", recording_warp)
+
     components = SimpleNamespace(landmarker=SimpleNamespace(detect=recording_detect),
                                  options=EngineOptions(random_weights=True, model_size="tiny"))
     results = {}
     for name, workers in (("sequential", None), ("threads", ThreadPoolExecutor(4))):
         threads.clear()
+        warp_threads.clear()
         cache = LandmarkCache(None, video, "dlib")
         tracker = FaceTracker(components.landmarker, components.options.resolution, workers, cache)
-        results[name] = (tracker.process(sources, frames), cache.entries, set(threads))
+        results[name] = (tracker.process(sources, frames), cache.entries, threads | warp_threads)
         if workers is not None:
             workers.shutdown()
     (seq_out, seq_cache, seq_threads), (par_out, par_cache, par_threads) = results["sequential"], results["threads"]
     assert seq_threads == {threading.get_ident()}
-    assert threading.get_ident() not in par_threads  # detection really ran in the pool
+    assert threading.get_ident() not in par_threads  # detection and warps really ran in the pool
     assert all(seq_cache[i] is not None for i in sources)  # a face in every frame
     for i in sources:
         assert np.array_equal(seq_cache[i][0], par_cache[i][0]) and seq_cache[i][1] == par_cache[i][1]

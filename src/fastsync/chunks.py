@@ -70,11 +70,9 @@ class FaceTracker:
 
     def process(self, sources: list[int], frames: list[np.ndarray]):
         """Returns per frame (face uint8 (res,res,3) | None, affine | None)."""
-        from fastsync.face.align import warp_face
-
         self._landmarks(sources, frames)
-        out = []
-        for source, frame in zip(sources, frames):
+        affines = []
+        for source in sources:
             if source not in self.affine_by_source:  # first visit: smoothing runs in source order
                 entry = self.cache.get(source)
                 if entry is None:
@@ -83,13 +81,20 @@ class FaceTracker:
                     points3, num_faces = entry
                     self.several_faces += int(num_faces > 1)
                     self.affine_by_source[source] = self.aligner.next_matrix(points3)
-            affine = self.affine_by_source[source]
-            if affine is None:
-                self.without_face += 1
-                out.append((None, None))
-            else:
-                out.append((warp_face(frame, affine, self.aligner.resolution), affine))
-        return out
+            affines.append(self.affine_by_source[source])
+        self.without_face += sum(a is None for a in affines)
+        # The warps are independent once the matrices are known, and OpenCV and torch
+        # release the GIL inside them: the detection threads take them in parallel.
+        if self.workers is None:
+            faces = [self._warp(f, a) for f, a in zip(frames, affines)]
+        else:
+            faces = list(self.workers.map(self._warp, frames, affines))
+        return list(zip(faces, affines))
+
+    def _warp(self, frame: np.ndarray, affine: np.ndarray | None) -> np.ndarray | None:
+        from fastsync.face.align import warp_face
+
+        return None if affine is None else warp_face(frame, affine, self.aligner.resolution)
 
 
 def faces_tensor(faces: list[np.ndarray | None]) -> torch.Tensor | None:
