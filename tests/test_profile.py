@@ -106,6 +106,7 @@ def test_report_has_every_field_with_sane_values(profiled, mode):
     r = profiled["reports"][mode]
     assert r["mode"] == mode
     assert r["settings"]["steps"] == 3 and r["settings"]["dtype"] == "torch.float32"
+    assert r["settings"]["host_stages"] == ("threads" if r["mode"] == "fast" else "sequential")
     assert r["frames"] == 27  # 1 s of audio: 50 features per second, int(2 i) > 50 stops at i = 26
 
     # stages: wall seconds per stage; the load (01) is one-time, 02..06 are the steady state

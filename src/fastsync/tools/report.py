@@ -72,7 +72,10 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
         "inputs": {"video": str(args.video), "audio": str(args.audio)},
         "settings": {"version": args.version, "model_size": args.model_size, "random_weights": args.random_weights,
                      "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                     "deepcache_interval": args.deepcache_interval, "dtype": dtype},
+                     "deepcache_interval": args.deepcache_interval, "dtype": dtype,
+                     # where fast mode's host stages ran; the top ops cover this process only
+                     "host_stages": "processes" if getattr(args, "host_processes", False) and mode == "fast"
+                     else "threads" if mode == "fast" else "sequential"},
         "frames": job.frames,
         "stages": {
             "one_time": {stages.INIT: round(clock.seconds.get(stages.INIT, 0.0), 4), **one_time},
