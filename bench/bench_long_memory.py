@@ -25,7 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from bench.common import save
+from bench.common import environment, save
 
 SIZE = 256
 
@@ -86,13 +86,18 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def measure(minutes: float, work: Path) -> dict:
+def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None) -> dict:
+    """`real`: (video, its landmark cache) to loop ping-pong at its own size instead of the
+    synthetic 256 px clip: the frame buffers are then the real job's (6 MB at 1080x1920)."""
     seconds = minutes * 60
     video, audio = work / f"clip_{minutes}m.mp4", work / f"audio_{minutes}m.wav"
     landmarks, output = work / f"landmarks_{minutes}m.json", work / f"out_{minutes}m.mp4"
-    make_clip(video, seconds)
     make_audio(audio, seconds)
-    make_landmarks(landmarks, video, int(seconds * 25) + 1)
+    if real is None:
+        make_clip(video, seconds)
+        make_landmarks(landmarks, video, int(seconds * 25) + 1)
+    else:
+        video, landmarks = real
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_long_memory", "--job", str(video), str(audio),
                              str(landmarks), str(output)], stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, float]] = []
@@ -125,11 +130,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--out", type=Path, default=Path("bench/results/long_memory_cpu.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/fastsync-long"))
+    parser.add_argument("--video", type=Path, default=None,
+                        help="loop this clip (e.g. demo1, 1080x1920) instead of the synthetic 256 px one")
+    parser.add_argument("--landmarks", type=Path, default=None, help="the landmark cache of --video")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {"runs": []}
+    real = None if args.video is None else (args.video, args.landmarks)
+    results = {"environment": environment(), "clip": str(args.video or "synthetic 256x256"), "runs": []}
     for minutes in args.minutes:
-        results["runs"].append(measure(minutes, args.work))
+        results["runs"].append(measure(minutes, args.work, real))
         print(results["runs"][-1], flush=True)
         save(results, args.out)
 
