@@ -190,7 +190,7 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
                          sample_rate=AUDIO_SAMPLE_RATE, preset=spec.preset, threads=spec.x264_threads) as writer:
             while (message := _get(inbox, parent))[0] == "chunk":
                 _, count, faces, affines = message
-                with clock.stage(stages.RESTORE):
+                with clock.stage(stages.RESTORE):  # this process's own decode is counted here
                     originals = [next(frames)[1] for _ in range(count)]
                     pasted = paste_chunk(originals, faces, affines, workers)
                 with clock.stage(stages.WRITE):
