@@ -69,11 +69,13 @@ def make_landmarks(path: Path, video: Path, frames: int) -> None:
     cache.save()
 
 
-def job(video: Path, audio: Path, landmarks: Path, output: Path) -> None:
+def job(video: Path, audio: Path, landmarks: Path, output: Path, host: str = "threads") -> None:
     from fastsync.api import LipSync
     from fastsync.denoise import SamplingOptions
+    from fastsync.engine import FastOptions
 
-    engine = LipSync.load(random_weights=True, model_size="tiny", device="cpu")
+    engine = LipSync.load(random_weights=True, model_size="tiny", device="cpu",
+                          fast=FastOptions(host_processes=host == "processes"))
     report = engine.run(video, audio, output, sampling=SamplingOptions(steps=2, deepcache_interval=0),
                         landmarks_cache=landmarks)
     print(json.dumps({"frames": report.frames, "seconds": report.seconds}))
@@ -86,7 +88,31 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None) -> dict:
+def pss_tree_mb(root: int) -> float:
+    """Proportional set size of `root` and all its descendants (the fork server and the host
+    workers with --host-processes): shared pages are split among the processes that map
+    them, so the sum is what the job really holds, unlike a sum of RSS."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None, host: str = "threads") -> dict:
     """`real`: (video, its landmark cache) to loop ping-pong at its own size instead of the
     synthetic 256 px clip: the frame buffers are then the real job's (6 MB at 1080x1920)."""
     seconds = minutes * 60
@@ -99,14 +125,16 @@ def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None) -
     else:
         video, landmarks = real
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_long_memory", "--job", str(video), str(audio),
-                             str(landmarks), str(output)], stdout=subprocess.PIPE, text=True)
+                             str(landmarks), str(output), host], stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, float]] = []
+    tree: list[float] = []
     started = time.perf_counter()
 
     def sample():
         while proc.poll() is None:
             try:
                 samples.append((time.perf_counter() - started, rss_mb(proc.pid)))
+                tree.append(pss_tree_mb(proc.pid))
             except OSError:
                 break
             time.sleep(0.5)
@@ -121,7 +149,9 @@ def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None) -
         "minutes": minutes, "job": json.loads(stdout.strip().splitlines()[-1]),
         "peak_rss_mb": round(max(rss), 1),
         "peak_rss_mb_by_quarter": [round(max(rss[i * quarter:(i + 1) * quarter] or [0]), 1) for i in range(4)],
-        "samples": len(rss),
+        "samples": len(rss), "host": host,
+        "peak_pss_tree_mb": round(max(tree), 1),
+        "peak_pss_tree_mb_by_quarter": [round(max(tree[i * quarter:(i + 1) * quarter] or [0]), 1) for i in range(4)],
     }
 
 
@@ -133,12 +163,14 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None,
                         help="loop this clip (e.g. demo1, 1080x1920) instead of the synthetic 256 px one")
     parser.add_argument("--landmarks", type=Path, default=None, help="the landmark cache of --video")
+    parser.add_argument("--host", choices=["threads", "processes"], default="threads",
+                        help="fast mode's host stages (FastOptions.host_processes)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     real = None if args.video is None else (args.video, args.landmarks)
     results = {"environment": environment(), "clip": str(args.video or "synthetic 256x256"), "runs": []}
     for minutes in args.minutes:
-        results["runs"].append(measure(minutes, args.work, real))
+        results["runs"].append(measure(minutes, args.work, real, args.host))
         print(results["runs"][-1], flush=True)
         save(results, args.out)
 
@@ -146,6 +178,6 @@ def main() -> None:
 if __name__ == "__main__":
     if "--job" in sys.argv:
         i = sys.argv.index("--job")
-        job(*(Path(p) for p in sys.argv[i + 1:i + 5]))
+        job(*(Path(p) for p in sys.argv[i + 1:i + 5]), sys.argv[i + 5])
     else:
         main()
