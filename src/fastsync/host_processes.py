@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsync import stages
+from fastsync import errors, stages
 from fastsync.chunks import Chunk
-from fastsync import errors
 from fastsync.errors import FastsyncError
 
 QUEUE_DEPTH = 2  # chunks in flight per queue: back-pressure, so memory does not grow with the video
@@ -241,7 +240,7 @@ class HostProcesses:
             message = self._receive(self._chunks, self._prepare)
             if message[0] == "end":
                 _, self.without_face, self.several_faces, seconds = message
-                self._add_seconds(seconds)
+                self.clock.add(seconds)
                 return
             _, index, start, count, faces, affines = message
             yield Chunk(index, start, count, None if faces is None else torch.from_numpy(faces), affines, [])
@@ -263,7 +262,7 @@ class HostProcesses:
         self._to_finish.put(("close",))
         while (message := self._receive(self._from_finish, self._finish))[0] != "done":
             self._handle_progress(message)
-        self._add_seconds(message[1])
+        self.clock.add(message[1])
         self._done = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -317,9 +316,6 @@ class HostProcesses:
             raise _worker_error(message)
         if message[0] == "written":
             self.on_written(message[1])
-
-    def _add_seconds(self, seconds: dict[str, float]) -> None:
-        self.clock.add(seconds)
 
 
 def _worker_error(message: tuple) -> FastsyncError:

@@ -162,11 +162,11 @@ class Job:
         samples, audio = self._audio(audio_path)
         self._features = audio
         n = audio.num_frames
-        kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once
-
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
         if self.fast and self.c.options.fast.host_processes:
             return self._run_in_processes(video, audio_path, output, info, n, started)
+
+        kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once
 
         denoiser = self._denoiser()
         workers = self._face_workers()
@@ -241,13 +241,17 @@ class Job:
         return prepare, finish
 
     def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:
+        host.finish(chunk, self._landed(chunk, pending, bar))
+        self._record_mouths(chunk)
+
+    def _landed(self, chunk: Chunk, pending: Download | None, bar: Progress) -> np.ndarray | None:
+        """The chunk's generated faces once their copy to the host has landed (None: no face)."""
         faces = None
         if pending is not None:
             with self.clock.stage(stages.DENOISE):  # the GPU time not hidden behind other work
                 faces = pending.numpy()
         bar.update("denoise", chunk.count)
-        host.finish(chunk, faces)
-        self._record_mouths(chunk)
+        return faces
 
     def _record_mouths(self, chunk: Chunk) -> None:
         rect, size = self._mouth
@@ -288,11 +292,7 @@ class Job:
         return faces
 
     def _finish(self, chunk: Chunk, pending: Download | None, writer, workers, bar) -> None:
-        faces = None
-        if pending is not None:
-            with self.clock.stage(stages.DENOISE):  # the GPU time not hidden behind other work
-                faces = pending.numpy()
-        bar.update("denoise", chunk.count)
+        faces = self._landed(chunk, pending, bar)
         with self.clock.stage(stages.RESTORE):
             frames = paste_chunk(chunk.frames, faces, chunk.affines, workers)
         with self.clock.stage(stages.WRITE):
