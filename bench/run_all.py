@@ -44,20 +44,27 @@ def _verdict(measured: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--audio", required=True)
-    parser.add_argument("--landmarks", required=True)
+    parser.add_argument("--video")
+    parser.add_argument("--audio")
+    parser.add_argument("--landmarks")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--host-variants", default="threads,processes",
                         help="fast-mode host stages to run side by side (see bench_e2e)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="merge the unet_<gpu>.json and e2e_<gpu>.json already in --out-dir (made by "
+                             "separate calls of the two benchmarks in one GPU session) instead of running them")
+    parser.add_argument("--gpu", help="the GPU's name, with --reuse on a machine without it (else read from CUDA)")
     args = parser.parse_args()
-    gpu = torch.cuda.get_device_name(0)
+    if not args.reuse and not (args.video and args.audio and args.landmarks):
+        parser.error("--video, --audio and --landmarks are needed unless --reuse")
+    gpu = args.gpu or torch.cuda.get_device_name(0)
     slug = "h100" if "H100" in gpu else "h200" if "H200" in gpu else gpu.lower().replace(" ", "_")
     work = args.out_dir
     unet_json, e2e_json = work / f"unet_{slug}.json", work / f"e2e_{slug}.json"
-    _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
-    _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
-         "--out", str(e2e_json), "--host-variants", args.host_variants)
+    if not args.reuse:
+        _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
+        _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
+             "--out", str(e2e_json), "--host-variants", args.host_variants)
     unet, e2e = json.loads(unet_json.read_text()), json.loads(e2e_json.read_text())
     fast_unet, eager_unet = unet["variants"]["compiled_graph"], unet["variants"]["eager"]
     ref, fast = e2e["modes"]["reference"], e2e["modes"]["fast"]
@@ -71,7 +78,7 @@ def main() -> None:
         "ssim": e2e["fidelity_fast_vs_reference"]["ssim"],
     }
     results = {
-        "environment": environment(),
+        "environment": e2e["environment"] if args.reuse else environment(),
         "targets": _verdict(measured),
         "side_by_side": {
             "unet_forward_eager_s": round(eager_unet["median_s"], 4),
