@@ -5,10 +5,6 @@ Variants, side by side in one process:
   eager_cl       + channels_last_3d activations and weights, memory-efficient temporal attention
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
-  compiled_graph_cat_outside
-                 compiled_graph with the up blocks' skip concatenation done before the
-                 compiled ResNet, as it was before it moved inside (the side-by-side check
-                 of that move)
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
 peak memory, and the top CUDA ops of the eager forward.
 
@@ -20,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -47,20 +42,6 @@ def top_ops(fn, n=15) -> list[dict]:
         torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)[:n]
     return [{"op": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 2)} for e in rows]
-
-
-def _cat_outside(unet):
-    """The same compiled UNet, but each up-block layer joins x and its skip tensor before
-    calling the compiled ResNet (eagerly, outside the region): the old arrangement."""
-    from fastsync.models.unet_blocks import UpBlock, resnet_attention_motion
-
-    def layer(block, i, x, skip, temb, audio):
-        return resnet_attention_motion(block, i, torch.cat([x, skip], dim=1), temb, audio)
-
-    for module in unet.modules():
-        if isinstance(module, UpBlock):
-            module.layer = types.MethodType(layer, module)
-    return unet
 
 
 def main() -> None:
@@ -122,17 +103,13 @@ def main() -> None:
             for row in results["top_ops_compiled_cl"]:
                 print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
 
-        def graphed(name, model):
-            started = time.perf_counter()
-            graph = GraphedCall(lambda s, tt, a: model(s, tt, a), (sample_cl, t, audio))
-            capture_s = time.perf_counter() - started
-            out = graph(sample_cl, t, audio).float()
-            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
-            record(name, lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
-
-        graphed("compiled_graph" if not args.skip_compile else "eager_cl_graph", unet_cl)
-        if "compiled_graph_cat_outside" in args.variants and not args.skip_compile:
-            graphed("compiled_graph_cat_outside", _cat_outside(unet_cl))
+        started = time.perf_counter()
+        graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+        capture_s = time.perf_counter() - started
+        out = graph(sample_cl, t, audio).float()
+        err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+        record("compiled_graph" if not args.skip_compile else "eager_cl_graph",
+               lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
     save(results, args.out)
 
 

@@ -23,6 +23,8 @@ TARGETS = {
     "unet_tflops": (">=", 415),
     "e2e_wall_s": ("<=", 10.0),
     "peak_gpu_allocated_gb": ("<=", 5.0),
+    "cold_start_first_s": ("<=", 60.0),
+    "cold_start_second_s": ("<=", 15.0),
     "psnr_db": (">=", 35.0),
     "ssim": (">=", 0.98),
 }
@@ -53,6 +55,11 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="merge the unet_<gpu>.json and e2e_<gpu>.json already in --out-dir (made by "
                              "separate calls of the two benchmarks in one GPU session) instead of running them")
+    parser.add_argument("--unet-json", type=Path, help="with --reuse: the UNet results to merge (default unet_<gpu>.json)")
+    parser.add_argument("--unet-variant", default="compiled_graph",
+                        help="the variant of the UNet results that is fast mode's forward")
+    parser.add_argument("--cold-start-json", type=Path,
+                        help="bench_cold_start results of the same session to merge (process walls)")
     parser.add_argument("--gpu", help="the GPU's name, with --reuse on a machine without it (else read from CUDA)")
     args = parser.parse_args()
     if not args.reuse and not (args.video and args.audio and args.landmarks):
@@ -60,13 +67,13 @@ def main() -> None:
     gpu = args.gpu or torch.cuda.get_device_name(0)
     slug = "h100" if "H100" in gpu else "h200" if "H200" in gpu else gpu.lower().replace(" ", "_")
     work = args.out_dir
-    unet_json, e2e_json = work / f"unet_{slug}.json", work / f"e2e_{slug}.json"
+    unet_json, e2e_json = args.unet_json or work / f"unet_{slug}.json", work / f"e2e_{slug}.json"
     if not args.reuse:
         _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
         _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
              "--out", str(e2e_json), "--host-variants", args.host_variants)
     unet, e2e = json.loads(unet_json.read_text()), json.loads(e2e_json.read_text())
-    fast_unet, eager_unet = unet["variants"]["compiled_graph"], unet["variants"]["eager"]
+    fast_unet, eager_unet = unet["variants"][args.unet_variant], unet["variants"]["eager"]
     ref, fast = e2e["modes"]["reference"], e2e["modes"]["fast"]
     best_fast = min(fast["runs"], key=lambda r: r["wall_s"])
     measured = {
@@ -77,6 +84,9 @@ def main() -> None:
         "psnr_db": e2e["fidelity_fast_vs_reference"]["psnr_db"],
         "ssim": e2e["fidelity_fast_vs_reference"]["ssim"],
     }
+    if args.cold_start_json:
+        walls = {p["name"]: p["process_wall_s"] for p in json.loads(args.cold_start_json.read_text())["processes"]}
+        measured["cold_start_first_s"], measured["cold_start_second_s"] = walls["first_process"], walls["second_process"]
     results = {
         "environment": e2e["environment"] if args.reuse else environment(),
         "targets": _verdict(measured),
@@ -95,7 +105,8 @@ def main() -> None:
             "fidelity": e2e["fidelity_fast_vs_reference"],
             "fast_one_time": {k: v for k, v in fast.items() if k.endswith("_s")},
         },
-        "details": {"unet": unet_json.name, "e2e": e2e_json.name},
+        "details": {"unet": unet_json.name, "unet_variant": args.unet_variant, "e2e": e2e_json.name,
+                    "cold_start": args.cold_start_json.name if args.cold_start_json else None},
     }
     save(results, work / f"{slug}.json")
     print(json.dumps(results["targets"], indent=1))

@@ -14,7 +14,6 @@ need no explicit upcast when the model runs in half precision.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,13 +72,8 @@ class ResnetBlock(nn.Module):
         )
         self.output_scale_factor = output_scale_factor
 
-    def forward(self, x: Tensor, temb: Tensor, skip: Tensor | None = None) -> Tensor:
-        # x (B, C_in, F, H, W), or with an up block's skip tensor the two halves of it
-        # along channels; temb (B, T). The concatenation happens here, not in the block,
-        # so that a compiled ResNet fuses it into its first GroupNorm instead of paying a
-        # separate copy of both tensors outside the compiled region.
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        # x (B, C_in, F, H, W); temb (B, T)
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, F, H, W)
         t = self.time_emb_proj(F.silu(temb))  # (B, C_out)
         h = h + t[:, :, None, None, None]

@@ -10,6 +10,7 @@ layer of a block without duplicating its math.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fastsync.config import MotionModuleConfig
@@ -65,13 +66,10 @@ class BlockSpec:
         return nn.ModuleList([MotionModule(channels, self.motion) for _ in range(count)])
 
 
-def resnet_attention_motion(
-    block: nn.Module, i: int, x: Tensor, temb: Tensor, audio: Tensor, skip: Tensor | None = None
-) -> Tensor:
-    """Layer i of a down or up block: ResNet (on x and an up block's skip tensor, joined
-    along channels), then the audio transformer and the motion module when the block has
-    them. (B, C_in, F, H, W) -> (B, C_out, F, H, W)."""
-    x = block.resnets[i](x, temb, skip)
+def resnet_attention_motion(block: nn.Module, i: int, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+    """Layer i of a down or up block: ResNet, then the audio transformer and the motion
+    module when the block has them. (B, C_in, F, H, W) -> (B, C_out, F, H, W)."""
+    x = block.resnets[i](x, temb)
     if len(block.attentions) > 0:
         x = block.attentions[i](x, audio)
     if len(block.motion_modules) > 0:
@@ -178,8 +176,8 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
 
     def layer(self, i: int, x: Tensor, skip: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
-        # The ResNet joins x and skip: (B, C_run + C_skip, F, H, W).
-        return resnet_attention_motion(self, i, x, temb, audio, skip)
+        x = torch.cat([x, skip], dim=1)  # (B, C_run + C_skip, F, H, W)
+        return resnet_attention_motion(self, i, x, temb, audio)
 
     def forward(
         self,
