@@ -88,10 +88,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def pss_tree_mb(root: int) -> float:
+def _pss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_tree_mb(root: int, known: dict[int, str] | None = None) -> dict[str, float]:
     """Proportional set size of `root` and all its descendants (the fork server and the host
-    workers with --host-processes): shared pages are split among the processes that map
-    them, so the sum is what the job really holds, unlike a sum of RSS."""
+    workers with --host-processes), by role: shared pages are split among the processes that
+    map them, so the sum is what the job really holds, unlike a sum of RSS. Roles: "job"
+    (root), "forkserver", "resource_tracker", and the fork server's children in the order
+    they started, "prepare" then "finish" (the job starts them in that order). `known` keeps
+    each pid's role from one sample to the next, so the finishing process keeps its name
+    once the prepare process has exited."""
+    known = {} if known is None else known
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -99,17 +111,34 @@ def pss_tree_mb(root: int) -> float:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0.0, [root]
+    roles: dict[str, float] = {}
+    todo = [(root, "job")]
     while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
+        pid, role = todo.pop()
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) / 1024
+            roles[role] = roles.get(role, 0.0) + _pss_mb(pid)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-    return total
+        kids = sorted(children.get(pid, []))
+        if b"forkserver" in cmdline:
+            fresh = iter(("prepare", "finish", *("other",) * len(kids)))
+            for kid in kids:
+                if kid not in known:
+                    known[kid] = next(role for role in fresh if role not in known.values() or role == "other")
+            todo += [(kid, known[kid]) for kid in kids]
+        else:
+            todo += [(kid, "forkserver" if b"forkserver" in _cmdline(kid) else
+                      "resource_tracker" if b"resource_tracker" in _cmdline(kid) else f"{role}-child")
+                     for kid in kids]
+    return roles
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None, host: str = "threads") -> dict:
@@ -127,14 +156,15 @@ def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None, h
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_long_memory", "--job", str(video), str(audio),
                              str(landmarks), str(output), host], stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, float]] = []
-    tree: list[float] = []
+    tree: list[dict[str, float]] = []
+    roles_by_pid: dict[int, str] = {}
     started = time.perf_counter()
 
     def sample():
         while proc.poll() is None:
             try:
                 samples.append((time.perf_counter() - started, rss_mb(proc.pid)))
-                tree.append(pss_tree_mb(proc.pid))
+                tree.append(pss_tree_mb(proc.pid, roles_by_pid))
             except OSError:
                 break
             time.sleep(0.5)
@@ -145,13 +175,19 @@ def measure(minutes: float, work: Path, real: tuple[Path, Path] | None = None, h
     thread.join()
     rss = [r for _, r in samples]
     quarter = len(rss) // 4
+    totals = [sum(t.values()) for t in tree]
+    roles = sorted({role for t in tree for role in t})
     return {
         "minutes": minutes, "job": json.loads(stdout.strip().splitlines()[-1]),
         "peak_rss_mb": round(max(rss), 1),
         "peak_rss_mb_by_quarter": [round(max(rss[i * quarter:(i + 1) * quarter] or [0]), 1) for i in range(4)],
         "samples": len(rss), "host": host,
-        "peak_pss_tree_mb": round(max(tree), 1),
-        "peak_pss_tree_mb_by_quarter": [round(max(tree[i * quarter:(i + 1) * quarter] or [0]), 1) for i in range(4)],
+        "peak_pss_tree_mb": round(max(totals), 1),
+        "peak_pss_tree_mb_by_quarter": [round(max(totals[i * quarter:(i + 1) * quarter] or [0]), 1) for i in range(4)],
+        # each role's own peak by quarter: which process, if any, grows with the job's length
+        "peak_pss_mb_by_role_and_quarter": {
+            role: [round(max([t.get(role, 0.0) for t in tree[i * quarter:(i + 1) * quarter]] or [0]), 1)
+                   for i in range(4)] for role in roles},
     }
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 from demo_clip import demo_clip
 from fastsync import stages
@@ -106,15 +110,47 @@ def test_a_video_without_a_face_keeps_its_error_class(tmp_path, clip):
     assert _workers_left() == []
 
 
-def test_cli_flag_turns_host_processes_on():
+def test_an_unguarded_script_is_told_to_guard_its_main(clip, tmp_path):
+    """A worker process imports the program's main script. A script without the
+    `if __name__ == "__main__":` guard re-runs its job there and the worker dies: the error
+    must say what to change, and nothing may be left behind."""
+    script = tmp_path / "unguarded.py"
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    script.write_text(
+        "from fastsync.api import LipSync\n"
+        "from fastsync.denoise import SamplingOptions\n"
+        "from fastsync.engine import EngineOptions, FastOptions\n"
+        "engine = LipSync.from_options(EngineOptions(random_weights=True, model_size='tiny', device='cpu',\n"
+        "                                            fast=FastOptions(host_processes=True)))\n"
+        f"engine.run({str(clip[0])!r}, {str(clip[1])!r}, {str(out)!r}, sampling=SamplingOptions(steps=1),\n"
+        "           progress=False)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode != 0
+    assert "HostWorkerError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_cli_flags_choose_the_host_stages():
+    """The command line: processes for a fast job on a GPU, threads on a CPU or in reference
+    mode, and either when asked for."""
     from fastsync.api import engine_options_from_args
     from fastsync.cli import build_parser
 
-    base = ["run", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4"]
-    on = engine_options_from_args(build_parser().parse_args([*base, "--host-processes"]))
-    off = engine_options_from_args(build_parser().parse_args(base))
-    assert on.fast.host_processes and not off.fast.host_processes
-    assert on.fast == FastOptions(host_processes=True)  # nothing else changes
+    def host(*flags):
+        args = ["run", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4", *flags]
+        return engine_options_from_args(build_parser().parse_args(args)).fast
+
+    assert host("--device", "cuda").host_processes and host("--device", "cuda:1").host_processes
+    assert not host("--device", "cpu").host_processes
+    assert not host("--device", "cuda", "--mode", "reference").host_processes
+    assert not host("--device", "cuda", "--host-threads").host_processes
+    assert host("--device", "cpu", "--host-processes").host_processes
+    assert host() == FastOptions(host_processes=torch.cuda.is_available())  # the device is guessed
+    assert host("--host-processes") == FastOptions(host_processes=True)  # nothing else changes
+    with pytest.raises(SystemExit):  # one or the other
+        host("--host-processes", "--host-threads")
 
 
 @pytest.mark.requires_cuda

@@ -35,8 +35,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
     g.add_argument("--mode", choices=["fast", "reference"], default="fast",
                    help="fast = every fastsync optimisation; reference = behave like the reference code")
-    g.add_argument("--host-processes", action="store_true",
-                   help="fast mode: decode/align and paste/encode in two worker processes instead of threads")
+    host = g.add_mutually_exclusive_group()
+    host.add_argument("--host-processes", dest="host_processes", action="store_const", const=True, default=None,
+                      help="fast mode: decode/align and paste/encode in two worker processes (the default on a GPU)")
+    host.add_argument("--host-threads", dest="host_processes", action="store_const", const=False,
+                      help="fast mode: the same in threads of the job process (the default on a CPU)")
     g.add_argument("--landmarks-cache", type=Path, default=None,
                    help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
 

@@ -41,8 +41,12 @@ class FastOptions:
     x264_threads: int = 0
     # Run the host stages (decode+align, paste+encode) in two worker processes instead of
     # threads, so they never wait for the GIL that the GPU thread holds while it launches
-    # kernels (fastsync.host_processes). Off until the side-by-side GPU benchmark
-    # (bench/bench_e2e.py --host-variants threads,processes) has measured it.
+    # kernels (fastsync.host_processes). On a GPU they made the demo1 job 1.07x faster
+    # (bench/results/e2e_h200.json); on a CPU the model itself needs the cores. The command
+    # line turns this on whenever a fast job runs on a GPU (`api.engine_options_from_args`).
+    # In the Python API it stays off unless asked for: a worker process imports the
+    # program's main script, so a script that turns it on must guard its work with
+    # `if __name__ == "__main__":`, as for any multiprocessing program.
     host_processes: bool = False
     # Temporal attention has 16-token sequences in huge batches; the memory-efficient kernel
     # beats the flash-style ones there (bench/results/attention_*.json).

@@ -301,7 +301,10 @@ class HostProcesses:
 
     def _check_alive(self, process, box) -> None:
         if not process.is_alive() and box.empty():
-            raise HostWorkerError(f"the {process.name} process died (exit code {process.exitcode})")
+            raise HostWorkerError(
+                f"the {process.name} process died (exit code {process.exitcode}). A worker process imports "
+                "the program's main script: if you call fastsync from a script, put the calls under "
+                "`if __name__ == \"__main__\":`, or use FastOptions(host_processes=False)")
 
     def _drain_progress(self) -> None:
         while True:

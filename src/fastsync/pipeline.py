@@ -93,6 +93,13 @@ def mask_rect(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def host_stages_in_processes(components) -> bool:
+    """Whether a job runs its host stages in worker processes (fast mode and
+    `FastOptions.host_processes`); with a custom landmarker, which a worker cannot rebuild,
+    the job then stops with an error (`Job._host_specs`)."""
+    return components.options.mode == "fast" and components.options.fast.host_processes
+
+
 def _no_face(video: Path) -> NoFaceError:
     return NoFaceError("no face was found in any frame", video,
                        hint="fastsync needs a visible, roughly frontal face")
@@ -163,7 +170,7 @@ class Job:
         self._features = audio
         n = audio.num_frames
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
-        if self.fast and self.c.options.fast.host_processes:
+        if host_stages_in_processes(self.c):
             return self._run_in_processes(video, audio_path, output, info, n, started)
 
         kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once

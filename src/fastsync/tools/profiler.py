@@ -87,6 +87,7 @@ def profile_run(args: argparse.Namespace) -> dict:
         mode=args.mode, args=args, clock=clock, one_time=one_time, job_wall_s=job_wall, job=report,
         prof=prof, host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         quality=quality, dtype=str(engine.components.dtype), one_time_peak_allocated=one_time_peak,
+        host_stages=_host_stages(args.mode, engine.components),
     )
     write_report(result, out_dir)
     return result
@@ -104,3 +105,12 @@ def profile_from_args(args: argparse.Namespace) -> int:
     result = profile_run(args)
     print((Path(args.out) / "report.md").read_text())
     return 0 if result else 1
+
+
+def _host_stages(mode: str, components) -> str:
+    """Where the job's host stages ran (the top ops cover the job process only)."""
+    from fastsync.pipeline import host_stages_in_processes
+
+    if mode != "fast":
+        return "sequential"
+    return "processes" if host_stages_in_processes(components) else "threads"

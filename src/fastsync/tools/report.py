@@ -60,7 +60,7 @@ def _top_ops(prof) -> tuple[list[dict], float, float]:
 
 
 def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_peak_rss_bytes, quality, dtype,
-                 one_time_peak_allocated: int | None = None) -> dict:
+                 host_stages: str, one_time_peak_allocated: int | None = None) -> dict:
     top_ops, total_cpu, total_cuda = _top_ops(prof)
     steady = {k: v for k, v in clock.as_dict().items() if k != stages.INIT}
     # The job's peak; the load and warm-up (compilation, graph capture) peak apart.
@@ -74,8 +74,7 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
                      "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                      "deepcache_interval": args.deepcache_interval, "dtype": dtype,
                      # where fast mode's host stages ran; the top ops cover this process only
-                     "host_stages": "processes" if getattr(args, "host_processes", False) and mode == "fast"
-                     else "threads" if mode == "fast" else "sequential"},
+                     "host_stages": host_stages},
         "frames": job.frames,
         "stages": {
             "one_time": {stages.INIT: round(clock.seconds.get(stages.INIT, 0.0), 4), **one_time},
