@@ -79,7 +79,8 @@ def profiled(tmp_path_factory, assets_dir):
                      "--out", str(fast_dir), "--reference-output", str(ref_dir / "output.mp4"), *RUN_OPTIONS]) == 0
     reports = {name: json.loads((d / "report.json").read_text()) for name, d in
                (("reference", ref_dir), ("fast", fast_dir))}
-    return {"dirs": {"reference": ref_dir, "fast": fast_dir}, "reports": reports, "close_stages": spy.at_close}
+    return {"dirs": {"reference": ref_dir, "fast": fast_dir}, "reports": reports, "close_stages": spy.at_close,
+            "inputs": (video, audio)}
 
 
 def _cells(row: str) -> list[str]:
@@ -256,6 +257,33 @@ def test_trace_and_markdown_are_written(profiled, mode):
     assert len(ops_table) == 2 + len(profiled["reports"][mode]["top_ops"])
     if mode == "fast":
         assert "quality vs reference output: PSNR" in md
+
+
+def test_host_processes_report_their_own_ops(profiled, tmp_path):
+    """With the host stages in worker processes, the job's trace lacks their ops: each
+    worker traces itself beside it and its top CPU ops come back in the report."""
+    video, audio = profiled["inputs"]
+    out = tmp_path / "processes"
+    assert cli.main(["profile", "--video", str(video), "--audio", str(audio), "--mode", "fast",
+                     "--host-processes", "--out", str(out), *RUN_OPTIONS]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["settings"]["host_stages"] == "processes"
+    assert set(r["host_top_ops"]) == {"prepare", "finish"}
+    for worker, ops in r["host_top_ops"].items():
+        assert 0 < len(ops) <= report_module.TOP_OPS, worker
+        assert all(op["calls"] > 0 and op["self_cpu_s"] >= 0 for op in ops)
+        cpu = [op["self_cpu_s"] for op in ops]
+        assert cpu == sorted(cpu, reverse=True)
+        events = json.loads((out / "trace" / f"{worker}.pt.trace.json").read_text())["traceEvents"]
+        names = {e.get("name") for e in events}
+        assert {op["name"] for op in ops} <= names  # the report's ops are the trace's
+    # the stages that ran in each worker are ranges of its own trace
+    prepare = {e.get("name") for e in json.loads((out / "trace" / "prepare.pt.trace.json").read_text())["traceEvents"]}
+    finish = {e.get("name") for e in json.loads((out / "trace" / "finish.pt.trace.json").read_text())["traceEvents"]}
+    assert stages.ALIGN in prepare and {stages.RESTORE, stages.WRITE} <= finish
+    md = (out / "report.md").read_text()
+    assert "CPU ops of the prepare process" in md and "CPU ops of the finish process" in md
+    assert profiled["reports"]["fast"]["host_top_ops"] is None  # threads: all in the job's trace
 
 
 def test_compare_prints_ratios_and_quality(profiled, capsys):

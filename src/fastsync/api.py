@@ -45,11 +45,15 @@ class LipSync:
 
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
-            clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None) -> JobReport:
+            clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None,
+            host_profile: str | Path | None = None) -> JobReport:
         """Lip-sync `video` to `audio` into `output` (written atomically). `landmarks_cache`:
-        a JSON file that keeps face landmarks between runs on the same video."""
+        a JSON file that keeps face landmarks between runs on the same video. `host_profile`:
+        a folder where host worker processes (FastOptions.host_processes) write CPU traces;
+        their top ops come back in the report (what `fastsync profile` uses)."""
         job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
-                  landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache))
+                  landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
+                  host_profile=None if host_profile is None else Path(host_profile))
         return job.run(Path(video), Path(audio), Path(output))
 
 

@@ -61,6 +61,7 @@ class PrepareSpec:
     device: str  # where a face detector may run (the landmarker's choice)
     landmarks_cache: Path | None
     face_workers: int  # detection threads inside the process
+    profile_dir: Path | None = None  # write a CPU trace of this process here (fastsync profile)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class FinishSpec:
     preset: str
     x264_threads: int
     face_workers: int  # paste-back threads inside the process
+    profile_dir: Path | None = None
 
 
 def _context():
@@ -139,6 +141,32 @@ def _check_parent(parent: int) -> None:
         raise SystemExit("the job process is gone") from None
 
 
+class _Profile:
+    """torch.profiler over a worker's whole job when asked for: `fastsync profile` traces the
+    job process, whose ops then leave out the host stages. `stop` writes this process's
+    trace beside the job's (TensorBoard reads every `*.pt.trace.json` there) and returns its
+    top CPU ops for the report; None when not profiling."""
+
+    def __init__(self, directory: Path | None, name: str):
+        self.directory, self.name, self.prof = directory, name, None
+        if directory is not None:
+            from fastsync.tools.profiler import _all_threads_config
+
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                               experimental_config=_all_threads_config())
+            self.prof.__enter__()
+
+    def stop(self) -> list[dict] | None:
+        if self.prof is None:
+            return None
+        from fastsync.tools.report import _top_ops
+
+        self.prof.__exit__(None, None, None)
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        self.prof.export_chrome_trace(str(Path(self.directory) / f"{self.name}.pt.trace.json"))
+        return _top_ops(self.prof, by_device=False)[0]
+
+
 def _failure(stage: str, exc: BaseException) -> tuple:
     text = "".join(traceback.format_exception(exc))
     return ("error", stage, type(exc).__name__, str(exc), text)
@@ -153,6 +181,7 @@ def _prepare_main(spec: PrepareSpec, outbox, parent: int) -> None:
     from fastsync.face.cache import LandmarkCache
 
     try:
+        profile = _Profile(spec.profile_dir, "prepare")
         clock = stages.StageClock()
         landmarker = LazyLandmarker(spec.face_backend, spec.checkpoint_dir, torch.device(spec.device))
         cache = LandmarkCache(spec.landmarks_cache, spec.video, landmarker.name)
@@ -164,7 +193,8 @@ def _prepare_main(spec: PrepareSpec, outbox, parent: int) -> None:
         cache.save()
         if workers is not None:
             workers.shutdown()
-        _put(outbox, ("end", tracker.without_face, tracker.several_faces, dict(clock.seconds)), parent)
+        ops = profile.stop()
+        _put(outbox, ("end", tracker.without_face, tracker.several_faces, dict(clock.seconds), ops), parent)
     except SystemExit:  # stopped by the job (or orphaned): nobody waits for a report
         outbox.cancel_join_thread()
     except BaseException as exc:  # noqa: B036 - every other failure must reach the job
@@ -181,6 +211,7 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
     from fastsync.pipeline import AUDIO_SAMPLE_RATE, VIDEO_FPS, load_job_audio
 
     try:
+        profile = _Profile(spec.profile_dir, "finish")
         clock = stages.StageClock()
         samples = load_job_audio(spec.audio)[: int(spec.frames / VIDEO_FPS * AUDIO_SAMPLE_RATE)]
         workers = ThreadPoolExecutor(spec.face_workers) if spec.face_workers > 1 else None
@@ -202,7 +233,7 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
                 writer.close()
         if workers is not None:
             workers.shutdown()
-        outbox.put(("done", dict(clock.seconds)))
+        outbox.put(("done", dict(clock.seconds), profile.stop()))
     except SystemExit:
         outbox.cancel_join_thread()
     except BaseException as exc:  # noqa: B036
@@ -227,6 +258,7 @@ class HostProcesses:
         self._finish = ctx.Process(target=_finish_main, args=(finish, self._to_finish, self._from_finish, parent),
                                    name="fastsync-finish", daemon=True)
         self.without_face = self.several_faces = 0
+        self.top_ops: dict[str, list[dict]] = {}  # each worker's, when its spec asks for a profile
         self._done = False
 
     def __enter__(self) -> HostProcesses:
@@ -239,8 +271,10 @@ class HostProcesses:
         while True:
             message = self._receive(self._chunks, self._prepare)
             if message[0] == "end":
-                _, self.without_face, self.several_faces, seconds = message
+                _, self.without_face, self.several_faces, seconds, ops = message
                 self.clock.add(seconds)
+                if ops is not None:
+                    self.top_ops["prepare"] = ops
                 return
             _, index, start, count, faces, affines = message
             yield Chunk(index, start, count, None if faces is None else torch.from_numpy(faces), affines, [])
@@ -263,6 +297,8 @@ class HostProcesses:
         while (message := self._receive(self._from_finish, self._finish))[0] != "done":
             self._handle_progress(message)
         self.clock.add(message[1])
+        if message[2] is not None:
+            self.top_ops["finish"] = message[2]
         self._done = True
 
     def __exit__(self, exc_type, exc, tb) -> None:

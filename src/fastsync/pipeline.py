@@ -54,6 +54,8 @@ class JobReport:
     frames_with_several_faces: int = 0
     stages: dict[str, float] = field(default_factory=dict)
     mouth_boxes: list[list[int] | None] = field(default_factory=list)  # per output frame, frame pixels
+    # Job(host_profile=DIR) with the host stages in worker processes: each worker's top CPU ops
+    host_top_ops: dict[str, list[dict]] | None = None
 
     @property
     def fps(self) -> float:
@@ -132,8 +134,10 @@ def check_inputs(video: Path, audio: Path, output: Path) -> None:
 
 class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
-                 clock: stages.StageClock | None = None, landmarks_cache: Path | None = None):
+                 clock: stages.StageClock | None = None, landmarks_cache: Path | None = None,
+                 host_profile: Path | None = None):
         self.c = components
+        self.host_profile = host_profile  # where host worker processes write their CPU traces
         self.sampling = sampling
         self.fast = components.options.mode == "fast"
         self.clock = clock or stages.StageClock()
@@ -231,7 +235,7 @@ class Job:
         finally:
             bar.close()
         return JobReport(output, n, time.perf_counter() - started, host.without_face,
-                         host.several_faces, self.clock.as_dict(), self.mouth_boxes)
+                         host.several_faces, self.clock.as_dict(), self.mouth_boxes, host.top_ops or None)
 
     def _host_specs(self, video: Path, audio_path: Path, output: Path, info, n: int):
         from fastsync.host_processes import FinishSpec, PrepareSpec
@@ -242,9 +246,9 @@ class Job:
                                 "process builds its copy); use host_processes=False with a custom one")
         prepare = PrepareSpec(video, n, self.sampling.num_frames, self.c.options.resolution, landmarker.kind,
                               landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
-                              fast.face_workers)
+                              fast.face_workers, self.host_profile)
         finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
-                            fast.x264_threads, fast.face_workers)
+                            fast.x264_threads, fast.face_workers, self.host_profile)
         return prepare, finish
 
     def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:

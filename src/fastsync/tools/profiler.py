@@ -73,7 +73,7 @@ def profile_run(args: argparse.Namespace) -> dict:
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(str(trace_dir))) as prof:
         job_started = time.perf_counter()
         report = engine.run(args.video, args.audio, output, sampling=sampling, progress=True, clock=clock,
-                            landmarks_cache=args.landmarks_cache)
+                            landmarks_cache=args.landmarks_cache, host_profile=trace_dir)
         job_wall = time.perf_counter() - job_started
 
     quality = None
@@ -108,7 +108,7 @@ def profile_from_args(args: argparse.Namespace) -> int:
 
 
 def _host_stages(mode: str, components) -> str:
-    """Where the job's host stages ran (the top ops cover the job process only)."""
+    """Where the job's host stages ran (with processes, each worker's ops are reported apart)."""
     from fastsync.pipeline import host_stages_in_processes
 
     if mode != "fast":

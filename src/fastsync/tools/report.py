@@ -26,17 +26,18 @@ def _on_device(e) -> bool:
     return e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)
 
 
-def _top_ops(prof) -> tuple[list[dict], float, float]:
+def _top_ops(prof, by_device: bool | None = None) -> tuple[list[dict], float, float]:
     """Top ops, total CPU seconds, total GPU seconds.
 
     With a GPU the table ranks the GPU's own work (kernels, copies) by its time: a CPU op's
     "self device time" is the same kernels counted again, and kernels replayed from a CUDA
     graph belong to no CPU op at all, so only the device side is comparable between modes.
     The total sums device activities once, leaving out the stage ranges' GPU spans.
-    Without a GPU it ranks CPU ops by self CPU time.
+    Without a GPU, or with `by_device=False` (a host worker process, which runs no
+    kernels), it ranks CPU ops by self CPU time.
     """
     events = prof.key_averages()
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() if by_device is None else by_device
 
     def device_us(e) -> float:
         return float(getattr(e, "self_device_time_total", 0.0) or 0.0)
@@ -87,6 +88,8 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
         "peak_memory_bytes": memory,
         "host_peak_rss_bytes": host_peak_rss_bytes,
         "top_ops": top_ops,
+        # with the host stages in worker processes: each worker's own top CPU ops
+        "host_top_ops": job.host_top_ops,
         "quality": quality,
         "output": str(Path(job.output).resolve()),
         "frames_without_face": job.frames_without_face,
@@ -143,6 +146,10 @@ def to_markdown(r: dict) -> str:
     lines += ["", f"## Top {TOP_OPS} ops", "", "| op | calls | self CPU s | self CUDA s |", "|---|---:|---:|---:|"]
     for op in r["top_ops"]:
         lines.append(f"| `{_cell(op['name'])}` | {op['calls']} | {op['self_cpu_s']:.4f} | {op['self_cuda_s']:.4f} |")
+    for worker, ops in (r.get("host_top_ops") or {}).items():
+        lines += ["", f"## Top {TOP_OPS} CPU ops of the {worker} process", "", "| op | calls | self CPU s |",
+                  "|---|---:|---:|"]
+        lines += [f"| `{_cell(op['name'])}` | {op['calls']} | {op['self_cpu_s']:.4f} |" for op in ops]
     return "\n".join(lines) + "\n"
 
 
