@@ -340,7 +340,8 @@ class HostProcesses:
             raise HostWorkerError(
                 f"the {process.name} process died (exit code {process.exitcode}). A worker process imports "
                 "the program's main script: if you call fastsync from a script, put the calls under "
-                "`if __name__ == \"__main__\":`, or use FastOptions(host_processes=False)")
+                "`if __name__ == \"__main__\":`; or keep the host stages in threads (--host-threads, "
+                "FastOptions(host_processes=False))")
 
     def _drain_progress(self) -> None:
         while True:
