@@ -12,11 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions, load_components
+from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
 from fastsync.pipeline import Job, JobReport, check_inputs
 
@@ -93,5 +91,5 @@ def _host_processes(args: argparse.Namespace) -> bool:
     chosen = getattr(args, "host_processes", None)
     if chosen is not None:
         return chosen
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or pick_device(None).type  # None: the engine's own guess
     return args.mode == "fast" and device.startswith("cuda")
