@@ -44,12 +44,21 @@ def top_ops(fn, n=15) -> list[dict]:
     return [{"op": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 2)} for e in rows]
 
 
+def set_motion_attention(unet, backend: str) -> None:
+    for module in unet.modules():
+        if isinstance(module, TemporalSelfAttention):
+            module.backend = backend
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench/results/unet_h100.json"))
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--variants", default="eager,eager_cl,compiled_graph",
                         help="eager_cl is optional; compiled_cl is timed on the way to compiled_graph")
+    parser.add_argument("--motion-attention", default=FastOptions().motion_attention,
+                        help="comma-separated temporal attention backends; the first is the fast variants' "
+                             "own, each further one adds a compiled_graph[<backend>] variant")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     dtype = torch.float16
@@ -78,10 +87,14 @@ def main() -> None:
         for row in results["top_ops_eager"]:
             print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
 
+        backends = args.motion_attention.split(",")
+        if "triton-short" in backends:
+            from fastsync.accel import short_attention
+
+            short_attention.register()
         unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-        for module in unet_cl.modules():  # fast mode's attention choice for the motion modules
-            if isinstance(module, TemporalSelfAttention):
-                module.backend = FastOptions().motion_attention
+        set_motion_attention(unet_cl, backends[0])  # fast mode's attention choice for the motion modules
+        results["motion_attention"] = backends[0]
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
         out = unet_cl(sample_cl, t, audio).float()
         err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
@@ -110,6 +123,16 @@ def main() -> None:
         err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
         record("compiled_graph" if not args.skip_compile else "eager_cl_graph",
                lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
+        first_out = out
+        for backend in backends[1:]:  # side by side in this process: same weights, same inputs
+            del graph
+            set_motion_attention(unet_cl, backend)
+            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+            out = graph(sample_cl, t, audio).float()
+            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+            diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
+            record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
+                   {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
     save(results, args.out)
 
 

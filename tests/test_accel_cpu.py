@@ -349,3 +349,13 @@ def test_cpu_threads_are_set_and_restored():
     finally:
         set_cpu_threads(0)
     assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+
+
+def test_the_triton_motion_attention_is_cuda_only(unet):
+    """"triton-short" is ignored on a CPU, as compilation is: the model keeps its default
+    backend there (the kernel's own tests are in tests/test_short_attention.py)."""
+    switched = copy.deepcopy(unet)
+    prepare_fast(_components(switched, random_vae("tiny"), FastOptions(channels_last=False, compile=False,
+                                                                       motion_attention="triton-short")))
+    temporal = [m for m in switched.modules() if isinstance(m, TemporalSelfAttention)]
+    assert temporal and all(m.backend is None for m in temporal)

@@ -11,6 +11,7 @@ import time
 import torch
 
 from fastsync.engine import Components
+from fastsync.errors import FastsyncError
 
 
 def prepare_fast(c: Components) -> dict[str, float]:
@@ -21,12 +22,13 @@ def prepare_fast(c: Components) -> dict[str, float]:
         torch.backends.cudnn.benchmark = True
     if fast.cpu_threads and c.device.type == "cuda":
         set_cpu_threads(fast.cpu_threads)
-    if fast.motion_attention:
+    backend = motion_attention_backend(fast.motion_attention, c.device)
+    if backend:
         from fastsync.models.motion_module import TemporalSelfAttention
 
         for module in c.unet.modules():
             if isinstance(module, TemporalSelfAttention):
-                module.backend = fast.motion_attention
+                module.backend = backend
     if fast.host_processes:
         from fastsync.host_processes import warm_up
 
@@ -42,6 +44,24 @@ def prepare_fast(c: Components) -> dict[str, float]:
         compile_vae_regions(c.vae)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
+
+
+def motion_attention_backend(name: str, device: torch.device) -> str:
+    """The temporal attention backend to set ("" = leave the model's default).
+
+    The Triton kernel is CUDA-only, like compilation and CUDA graphs: elsewhere the option
+    is ignored and the motion modules keep the default backend.
+    """
+    from fastsync.accel import short_attention
+
+    if name != short_attention.BACKEND_NAME:
+        return name
+    if device.type != "cuda":
+        return ""
+    if not short_attention.available():
+        raise FastsyncError("FastOptions.motion_attention='triton-short' needs Triton, which this torch lacks",
+                            hint="install a CUDA build of torch (it ships Triton) or choose 'sdpa-efficient'")
+    return short_attention.register()
 
 
 _LIBRARY_DEFAULTS: tuple[int, int] | None = None

@@ -12,6 +12,9 @@ the machine at import time:
     "sdpa-efficient"  SDPA restricted to its memory-efficient kernel (math where that
             kernel does not apply, e.g. on the CPU).
 
+Fast kernels register further backends from outside the model (`register_backend`), e.g.
+fastsync.accel.short_attention's "triton-short" for the motion modules' 16-frame sequences.
+
 A layer may also carry its own choice (`Attention.backend`, None = the global one): fast
 mode sets it on the motion modules only, from outside the model.
 
@@ -61,6 +64,11 @@ BACKENDS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 }
 DEFAULT_BACKEND = "sdpa"
 _current_backend = DEFAULT_BACKEND
+
+
+def register_backend(name: str, fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Add a backend from outside the model code (fast kernels live in fastsync.accel)."""
+    BACKENDS[name] = fn
 
 
 def _check_backend(name: str) -> str:
