@@ -52,7 +52,8 @@ def child(checkpoint_dir: str) -> None:
     warmed = time.perf_counter()
     print(json.dumps({"import_s": round(imported - started, 2), "of_which_torch_s": round(torch_imported - started, 2),
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
-                      "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2)}))
+                      "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
+                      "load_parts_s": engine.components.load_timings}))
 
 
 def main() -> None:

@@ -152,3 +152,17 @@ def test_half_precision_follows_the_input(unet, inputs, reference_output, tmp_pa
     assert out.dtype == dtype
     err = (out.float() - reference_output).abs().max() / reference_output.abs().max()
     assert err <= tol
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loading_onto_the_gpu_converts_exactly_as_the_cpu_does(unet, tmp_path, dtype):
+    """load_unet converts fp32 -> half on the GPU (a non-blocking copy); the CPU's conversion
+    of the same checkpoint must give the same bits: both round to nearest even."""
+    path = _save_official(unet, tmp_path / "u.pt")
+    on_gpu = load_unet(path, TINY, device="cuda", dtype=dtype).state_dict()
+    on_cpu = load_unet(path, TINY, dtype=dtype).state_dict()
+    assert on_gpu.keys() == on_cpu.keys()
+    for name, tensor in on_gpu.items():
+        assert tensor.is_cuda and tensor.dtype == on_cpu[name].dtype, name
+        assert torch.equal(tensor.cpu(), on_cpu[name]), name

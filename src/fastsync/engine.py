@@ -9,7 +9,9 @@ Two modes share the same weights and seed:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +127,8 @@ class Components:
     options: EngineOptions
     # Built lazily and kept across jobs: predictors with their captured graphs, by shape.
     cache: dict = field(default_factory=dict)
+    # Seconds each part of loading took (unet, vae, whisper, landmarker, fast_setup).
+    load_timings: dict = field(default_factory=dict)
 
 
 class LazyLandmarker:
@@ -174,26 +178,51 @@ def load_components(options: EngineOptions) -> Components:
     layout = CheckpointLayout(Path(options.checkpoint_dir))
     config = unet_config_for(options.version, options.model_size)
 
+    timings: dict[str, float] = {}
+    clock = _Stopwatch(timings, device)
     if options.random_weights:
-        unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
-        vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
-        whisper = random_whisper_encoder(seed=options.seed, dtype=dtype)
+        with clock("unet"):
+            unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
+        with clock("vae"):
+            vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
+            vae = vae.to(device=device, dtype=dtype)
+        with clock("whisper"):
+            whisper = random_whisper_encoder(seed=options.seed, dtype=dtype).to(device=device)
     else:
-        unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
-        whisper = load_whisper_encoder(layout.require(layout.whisper, options.version), dtype=dtype)
-        vae = load_vae(layout.vae_dir)
-    vae = vae.to(device=device, dtype=dtype)
-    # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).
-    whisper = whisper.to(device=device)
-    landmarker = LazyLandmarker(options.face_backend, layout.root, device)
+        with clock("unet"):
+            unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
+        with clock("vae"):
+            vae = load_vae(layout.vae_dir).to(device=device, dtype=dtype)
+        with clock("whisper"):
+            # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).
+            whisper = load_whisper_encoder(layout.require(layout.whisper, options.version), dtype=dtype)
+            whisper = whisper.to(device=device)
+    with clock("landmarker"):
+        landmarker = LazyLandmarker(options.face_backend, layout.root, device)
     mask = torch.from_numpy(mask_for_resolution(options.resolution)).float()
     components = Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype,
-                            options)
+                            options, load_timings=timings)
     if options.mode == "fast":
         from fastsync.accel.setup import prepare_fast
 
-        prepare_fast(components)
+        with clock("fast_setup"):
+            prepare_fast(components)
     return components
+
+
+class _Stopwatch:
+    """`with clock("unet"): ...` adds the block's seconds (GPU work included) to `timings`."""
+
+    def __init__(self, timings: dict[str, float], device: torch.device):
+        self.timings, self.device = timings, device
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = round(time.perf_counter() - started, 3)
 
 
 def with_mode(options: EngineOptions, mode: str) -> EngineOptions:
