@@ -36,6 +36,24 @@ def child(checkpoint: str, variant: str) -> None:
                       "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2)}))
 
 
+def profile_components(checkpoint_dir: str) -> None:
+    """cProfile of a whole fast-mode load (no compilation yet): where its seconds go."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    from fastsync.engine import EngineOptions, load_components
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    profiler = cProfile.Profile()
+    profiler.enable()
+    components = load_components(EngineOptions(checkpoint_dir=Path(checkpoint_dir), device=device))
+    profiler.disable()
+    print(json.dumps({"load_parts_s": components.load_timings}))
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+
+
 def main() -> None:
     from bench.bench_cold_start import write_checkpoints
     from bench.common import environment, save
@@ -66,7 +84,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:
+    if "--profile-components" in sys.argv:
+        profile_components(sys.argv[sys.argv.index("--profile-components") + 1])
+    elif "--child" in sys.argv:
         i = sys.argv.index("--child")
         child(sys.argv[i + 1], sys.argv[i + 2])
     else:

@@ -157,8 +157,7 @@ def test_half_precision_follows_the_input(unet, inputs, reference_output, tmp_pa
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_loading_onto_the_gpu_converts_exactly_as_the_cpu_does(unet, tmp_path, dtype):
-    """load_unet converts fp32 -> half on the GPU (a non-blocking copy); the CPU's conversion
-    of the same checkpoint must give the same bits: both round to nearest even."""
+    """Loading straight onto the GPU gives the bits of loading on the CPU and moving after."""
     path = _save_official(unet, tmp_path / "u.pt")
     on_gpu = load_unet(path, TINY, device="cuda", dtype=dtype).state_dict()
     on_cpu = load_unet(path, TINY, dtype=dtype).state_dict()

@@ -130,12 +130,10 @@ def _finish(
     left_on_meta = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
     if left_on_meta:  # would mean a tensor the checkpoint cannot fill, e.g. a non-persistent buffer
         raise AssertionError(f"tensors left without storage after loading: {left_on_meta[:5]}")
-    # non_blocking: a blocking copy to the GPU that also changes the dtype converts on the
-    # CPU first (1.27 B fp32 values through the host's memory bandwidth); a non-blocking one
-    # copies the fp32 tensor and converts it on the GPU (bench/results/load_h200.json). The
-    # mapped checkpoint stays alive until the copies are done, and the result is the same
-    # round-to-nearest conversion either way (tests/test_unet_loading.py).
-    model.to(device=device, dtype=dtype, non_blocking=torch.device(device).type == "cuda")
+    # A blocking copy: PyTorch then converts the dtype on the CPU. Converting on the GPU
+    # (non_blocking=True) was slower on an H200, 0.89 s against 0.66 s for the full UNet
+    # (bench/results/load_h200.json).
+    model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     return model
