@@ -17,6 +17,7 @@ from fastsync.denoise import SamplingOptions
 from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
 from fastsync.pipeline import Job, JobReport, check_inputs
+from fastsync.progress import ProgressCallback
 
 
 class LipSync:
@@ -44,14 +45,16 @@ class LipSync:
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
             clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None,
-            host_profile: str | Path | None = None) -> JobReport:
+            host_profile: str | Path | None = None, on_progress: ProgressCallback | None = None) -> JobReport:
         """Lip-sync `video` to `audio` into `output` (written atomically). `landmarks_cache`:
         a JSON file that keeps face landmarks between runs on the same video. `host_profile`:
         a folder where host worker processes (FastOptions.host_processes) write CPU traces;
-        their top ops come back in the report (what `fastsync profile` uses)."""
+        their top ops come back in the report (what `fastsync profile` uses). `on_progress`:
+        called as (stage, frames done, frames in the job) whenever a stage moves on; it runs
+        on worker threads, so it must be quick and thread-safe (the web UI's bar uses it)."""
         job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
-                  host_profile=None if host_profile is None else Path(host_profile))
+                  host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress)
         return job.run(Path(video), Path(audio), Path(output))
 
 

@@ -27,12 +27,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="auto = InsightFace when its models are in the checkpoint dir, else the embedded dlib one")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    g.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
-    g.add_argument("--seed", type=int, default=1247, help="noise seed (default 1247, as the reference)")
-    g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
+def _add_mode_options(g) -> None:
     g.add_argument("--mode", choices=["fast", "reference"], default="fast",
                    help="fast = every fastsync optimisation; reference = behave like the reference code")
     host = g.add_mutually_exclusive_group()
@@ -40,6 +35,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                       help="fast mode: decode/align and paste/encode in two worker processes (the default on a GPU)")
     host.add_argument("--host-threads", dest="host_processes", action="store_const", const=False,
                       help="fast mode: the same in threads of the job process (the default on a CPU)")
+
+
+def _add_app_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("web server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 = every interface)")
+    g.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    g.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
+    g.add_argument("--work-dir", type=Path, default=None,
+                   help="folder for job outputs and landmark caches (default: a new temp folder)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    g.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    g.add_argument("--seed", type=int, default=1247, help="noise seed (default 1247, as the reference)")
+    g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
+    _add_mode_options(g)
     g.add_argument("--landmarks-cache", type=Path, default=None,
                    help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
 
@@ -62,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_run_options(p)
     p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("app", help="serve a web UI (gradio) that lip-syncs uploads; loads the models once")
+    _add_model_options(p)
+    _add_mode_options(p.add_argument_group("mode"))
+    _add_app_options(p)
+    p.set_defaults(func=_cmd_app)
 
     p = sub.add_parser("download", help="fetch the official checkpoints from the Hugging Face hub")
     p.add_argument("--version", choices=["1.5", "1.6"], default="1.6")
@@ -99,6 +119,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     engine = LipSync.from_options(engine_options_from_args(args))
     _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
     return 1 if failed else 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from fastsync.app.serve import serve_from_args
+
+    return serve_from_args(args)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:

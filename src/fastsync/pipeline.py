@@ -38,7 +38,7 @@ from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
 from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
-from fastsync.progress import Progress
+from fastsync.progress import Progress, ProgressCallback
 from fastsync.transfer import Download
 
 AUDIO_SAMPLE_RATE = 16_000
@@ -135,13 +135,14 @@ def check_inputs(video: Path, audio: Path, output: Path) -> None:
 class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
                  clock: stages.StageClock | None = None, landmarks_cache: Path | None = None,
-                 host_profile: Path | None = None):
+                 host_profile: Path | None = None, on_progress: ProgressCallback | None = None):
         self.c = components
         self.host_profile = host_profile  # where host worker processes write their CPU traces
         self.sampling = sampling
         self.fast = components.options.mode == "fast"
         self.clock = clock or stages.StageClock()
         self.progress = progress
+        self.on_progress = on_progress  # frames done per stage, beside (or instead of) the bars
         self.landmarks_cache = landmarks_cache
         self.mouth_boxes: list[list[int] | None] = []
 
@@ -183,7 +184,7 @@ class Job:
         workers = self._face_workers()
         cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
         tracker = FaceTracker(self.c.landmarker, self.c.options.resolution, workers, cache)
-        bar = Progress(n, enabled=self.progress)
+        bar = Progress(n, enabled=self.progress, on_update=self.on_progress)
         try:
             fast = self.c.options.fast
             preset, threads = (fast.x264_preset, fast.x264_threads) if self.fast else ("medium", 0)
@@ -216,7 +217,7 @@ class Job:
         warm_up()
         prepare, finish = self._host_specs(video, audio_path, output, info, n)
         denoiser = self._denoiser()
-        bar = Progress(n, enabled=self.progress)
+        bar = Progress(n, enabled=self.progress, on_update=self.on_progress)
         try:
             with HostProcesses(prepare, finish, self.clock, on_written=lambda k: bar.update("write", k)) as host:
                 pending: tuple[Chunk, Download | None] | None = None

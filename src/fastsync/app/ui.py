@@ -1,0 +1,65 @@
+"""The page: inputs and sampling controls on the left, the lip-synced video and the job's
+report on the right. All the work is in fastsync.app.jobs; this file only lays out the
+page and turns fastsync's errors into messages on it.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from fastsync.app.jobs import RANDOM_WEIGHTS_NOTE, JobRunner, poll_progress, sampling_options, user_message
+from fastsync.denoise import SamplingOptions
+from fastsync.errors import FastsyncError
+
+API_NAME = "lipsync"  # the endpoint gradio_client calls: Client(url).predict(..., api_name="/lipsync")
+# Gradio's copies of uploads and outputs: swept hourly, removed after a day.
+DELETE_CACHE = (3600, 86400)
+
+
+def _lipsync_handler(runner: JobRunner):
+    def lipsync(video, audio, steps, guidance, seed, deepcache_interval,
+                progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar through this default)
+        try:
+            sampling = sampling_options(steps, guidance, seed, deepcache_interval)
+            result = poll_progress(lambda report: runner.run(video, audio, sampling, progress=report),
+                                   lambda fraction, text: progress(fraction, desc=text))
+        except FastsyncError as exc:
+            raise gr.Error(user_message(exc), duration=None, print_exception=False) from exc
+        return str(result.output), str(result.output), result.text
+
+    return lipsync
+
+
+def _sampling_controls(defaults: SamplingOptions) -> list:
+    with gr.Accordion("Sampling", open=True):
+        steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="DDIM steps")
+        guidance = gr.Slider(1.0, 5.0, value=defaults.guidance, step=0.1, label="Guidance scale (1 = no guidance)")
+        seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
+        deepcache = gr.Slider(0, 10, value=defaults.deepcache_interval, step=1, label="DeepCache interval (0 = off)")
+    return [steps, guidance, seed, deepcache]
+
+
+def build_app(runner: JobRunner) -> gr.Blocks:
+    """The Blocks app for one loaded engine, queued so that one job runs at a time and
+    others wait in line (one GPU, one job); launch it with `.launch()`."""
+    # analytics off: a local tool that handles private videos should not phone home.
+    with gr.Blocks(title="fastsync lip-sync", delete_cache=DELETE_CACHE, analytics_enabled=False) as app:
+        gr.Markdown("# fastsync: lip-sync a video to a new audio track")
+        gr.Markdown(runner.describe())
+        if runner.random_weights:
+            gr.Markdown(f"**Note: {RANDOM_WEIGHTS_NOTE}.** This engine was started with `--random-weights`: "
+                        "the whole pipeline runs, but no trained model draws the mouth.")
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Video of a person talking", sources=["upload"])
+                audio = gr.Audio(label="New audio track", type="filepath", sources=["upload", "microphone"])
+                controls = _sampling_controls(SamplingOptions())
+                button = gr.Button("Lip-sync", variant="primary")
+            with gr.Column():
+                result = gr.Video(label="Lip-synced video", interactive=False)
+                download = gr.File(label="Download", interactive=False)
+                report = gr.Textbox(label="Report", lines=9, interactive=False)
+        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls], outputs=[result, download, report],
+                     api_name=API_NAME, concurrency_limit=1)
+    app.queue(default_concurrency_limit=1)
+    return app

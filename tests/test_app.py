@@ -1,0 +1,299 @@
+"""The web UI: the job logic on its own (fastsync.app.jobs), the gradio page served on a
+localhost port and driven through gradio_client, and `fastsync app` on the command line.
+
+Every job runs the tiny random models on the CPU with 2 DDIM steps on a 10-frame clip
+cut from the demo assets; one engine serves the whole module, as it serves the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from job_clips import expected_frames, inspect, source_frames, trim_wav, wav_samples, write_clip
+
+from fastsync import cli
+from fastsync.api import LipSync
+from fastsync.app.jobs import RANDOM_WEIGHTS_NOTE, JobRunner, poll_progress, sampling_options, user_message
+from fastsync.denoise import SamplingOptions
+from fastsync.errors import FastsyncError, InputError
+from fastsync.pipeline import JobReport
+
+torch.set_num_threads(2)
+# Raised inside gradio's queue by the pandas it brings along: nothing this project can fix.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+QUICK = SamplingOptions(steps=2)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LipSync.load(random_weights=True, model_size="tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, assets_dir):
+    """A 10-frame face clip and two tracks of 0.6 s and 0.8 s (both loop the video)."""
+    tmp = tmp_path_factory.mktemp("app_inputs")
+    video = write_clip(tmp / "talk.mp4", source_frames(assets_dir / "demo1_video.mp4", 10, size=(540, 960)))
+    short = trim_wav(assets_dir / "demo2_audio.wav", tmp / "short.wav", 0.6)
+    longer = trim_wav(assets_dir / "demo3_audio.wav", tmp / "longer.wav", 0.8)
+    not_a_video = tmp / "notes.mp4"
+    not_a_video.write_text("these are meeting notes, not a video\n")
+    return video, short, longer, not_a_video
+
+
+@pytest.fixture
+def runner(engine, tmp_path):
+    return JobRunner(engine, work_dir=tmp_path / "work")
+
+
+@pytest.fixture
+def detections(engine, monkeypatch):
+    """Counts the face detections the engine's landmarker runs."""
+    calls = []
+    detect = engine.components.landmarker.detect
+
+    def counting(frame):
+        calls.append(1)  # list.append is atomic: detection runs on worker threads
+        return detect(frame)
+
+    monkeypatch.setattr(engine.components.landmarker, "detect", counting)
+    return calls
+
+
+def check_video(path, audio):
+    frames = expected_frames(wav_samples(audio))
+    written = inspect(path)
+    assert (written.video_codec, written.audio_codec, written.frames) == ("h264", "aac", frames)
+
+
+# -- the job logic, without gradio ------------------------------------------------------------
+
+
+def test_each_job_gets_its_own_output_and_report(runner, clip, detections):
+    video, short, longer, _ = clip
+    seen = []
+    first = runner.run(video, short, QUICK, progress=lambda fraction, text: seen.append((fraction, text)))
+    check_video(first.output, short)
+    assert first.output.name == "talk_synced.mp4" and first.output.parent.parent == runner.jobs_dir
+    frames = expected_frames(wav_samples(short))
+    assert first.text.startswith(f"{frames} frames in ") and "talk_synced.mp4" in first.text
+    assert "unet-denoise-loop" in first.text and str(first.output.parent) not in first.text
+    # The bar starts at 0 and ends with every stage (align, denoise, write) at the last frame.
+    assert seen[0] == (0.0, "reading audio")
+    assert seen[-1][0] == 1.0 and seen[-1][1].count(f"{frames}/{frames}") == 3
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+    assert len(detections) == 10
+
+    detections.clear()
+    second = runner.run(video, longer, QUICK)
+    check_video(second.output, longer)
+    assert second.output.parent != first.output.parent and first.output.is_file()
+    assert len(detections) == 0, "the same video again should take its faces from the landmark cache"
+    assert len(list(runner.landmarks_dir.glob("*.json"))) == 1
+
+
+def test_bad_inputs_name_the_file_and_leave_no_job_folder(runner, clip):
+    video, short, _, not_a_video = clip
+    with pytest.raises(InputError) as caught:
+        runner.run(not_a_video, short, QUICK)
+    message = user_message(caught.value)
+    assert message.startswith("notes.mp4: not a readable media file") and str(not_a_video.parent) not in message
+    with pytest.raises(InputError, match="no audio file was given"):
+        runner.run(video, None, QUICK)
+    with pytest.raises(InputError, match="no video file was given"):
+        runner.run("", short, QUICK)
+    with pytest.raises(InputError, match="missing.wav"):
+        runner.run(video, short.parent / "missing.wav", QUICK)
+    assert list(runner.jobs_dir.iterdir()) == []
+
+
+def test_old_job_folders_make_room_for_new_ones(engine, tmp_path):
+    runner = JobRunner(engine, work_dir=tmp_path, keep_jobs=2)
+    folders = [runner.new_job_dir() for _ in range(4)]
+    assert sorted(runner.jobs_dir.iterdir()) == folders[2:]
+
+
+def test_bad_sampling_values_are_user_errors():
+    assert sampling_options(20.0, 1.5, 1247.0, 3.0) == SamplingOptions(20, 1.5, 1247, 3)
+    with pytest.raises(FastsyncError, match="steps must be >= 1"):
+        sampling_options(0, 1.5, 1247, 3)
+    with pytest.raises(FastsyncError, match="bad sampling option"):
+        sampling_options(None, 1.5, 1247, 3)
+
+
+def test_progress_is_passed_on_from_the_calling_thread():
+    """The job reports from its own thread; the reporter must see it on the caller's."""
+    caller = threading.get_ident()
+    reported = []
+    seen = threading.Event()
+
+    def report(fraction, text):
+        reported.append((fraction, text, threading.get_ident()))
+        seen.set()
+
+    def job(keep):
+        assert threading.get_ident() != caller
+        keep(0.5, "half way")
+        assert seen.wait(timeout=60), "the caller never passed the progress on"
+        return "done"
+
+    assert poll_progress(job, report, every=0.01) == "done"
+    assert reported and all(r == (0.5, "half way", caller) for r in reported)
+
+    def failing(keep):
+        raise InputError("broken", "x.mp4")
+
+    with pytest.raises(InputError, match="x.mp4: broken"):
+        poll_progress(failing, report, every=0.01)
+
+
+# -- the page, served and called through gradio_client ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """Serves a runner's app on a free localhost port (uploads kept under tmp_path) and
+    returns a client for it; every app is closed at the end of the test."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    from gradio_client import Client
+
+    from fastsync.app.ui import build_app
+
+    apps = []
+
+    def start(runner: JobRunner) -> Client:
+        app = build_app(runner)
+        app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        apps.append(app)
+        return Client(app.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def test_page_says_random_weights_and_runs_one_job_at_a_time(runner):
+    import gradio as gr
+
+    from fastsync.app.ui import build_app
+
+    app = build_app(runner)
+    notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any(RANDOM_WEIGHTS_NOTE in note for note in notes)
+    (job,) = [fn for fn in app.fns.values() if fn.api_name == "lipsync"]
+    assert job.concurrency_limit == 1
+
+
+def test_lipsync_through_the_served_page(serve, runner, clip):
+    """Two users at once: both jobs wait their turn and each gets its own video back."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client = serve(runner)
+    video, short, longer, not_a_video = clip
+    jobs = [client.submit(handle_file(str(video)), handle_file(str(audio)), 2, 1.5, 1247, 3, api_name="/lipsync")
+            for audio in (short, longer)]
+    for job, audio in zip(jobs, (short, longer)):
+        shown, download, text = job.result(timeout=300)
+        check_video(shown, audio)
+        check_video(download, audio)
+        assert text.startswith(f"{expected_frames(wav_samples(audio))} frames in ")
+
+    with pytest.raises(AppError, match="notes.mp4: not a readable media file"):
+        client.predict(handle_file(str(not_a_video)), handle_file(str(short)), 2, 1.5, 1247, 3, api_name="/lipsync")
+
+
+class BlockingEngine:
+    """Stands in for the engine: reports progress, then waits until the test has seen that
+    progress on the client's side before it finishes (a copy of the input as the output)."""
+
+    def __init__(self, engine: LipSync):
+        self.components, self.load_seconds = engine.components, 0.0
+        self.seen = threading.Event()
+
+    def run(self, video, audio, output, *, on_progress, **options):
+        on_progress("faces", 5, 10)
+        assert self.seen.wait(timeout=120), "the client never saw the job's progress"
+        shutil.copy(video, output)
+        return JobReport(Path(output), 10, 1.0)
+
+
+def test_the_page_shows_the_jobs_progress(serve, engine, tmp_path, clip):
+    from gradio_client import handle_file
+
+    video, short, _, _ = clip
+    stand_in = BlockingEngine(engine)
+    client = serve(JobRunner(stand_in, work_dir=tmp_path / "work"))
+    job = client.submit(handle_file(str(video)), handle_file(str(short)), 2, 1.5, 1247, 3, api_name="/lipsync")
+    while not job.done() and not stand_in.seen.is_set():
+        units = job.status().progress_data or []
+        if any(u.desc and "align faces 5/10" in u.desc for u in units):
+            assert units[-1].progress == pytest.approx(5 / 30)  # 5 of 10 frames in one of three stages
+            stand_in.seen.set()
+        time.sleep(0.05)  # polling interval only: nothing is asserted on time
+    shown, _, text = job.result(timeout=120)
+    assert stand_in.seen.is_set() and Path(shown).read_bytes() == video.read_bytes()
+    assert text.startswith("10 frames in 1.0 s")
+
+
+# -- `fastsync app` ----------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit:  # argparse's --help
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
+
+
+TINY = ["--random-weights", "--model-size", "tiny", "--device", "cpu"]
+
+
+def test_app_help_lists_the_server_and_model_options():
+    code, out, _ = run_cli(["app", "--help"])
+    assert code == 0
+    for option in ("--host", "--port", "--share", "--random-weights", "--checkpoint-dir", "--mode", "--face-backend"):
+        assert option in out
+
+
+def test_app_without_gradio_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+
+    def no_load(options):
+        raise AssertionError("the engine must not load when gradio is missing")
+
+    monkeypatch.setattr(LipSync, "from_options", no_load)
+    code, _, err = run_cli(["app", *TINY])
+    assert code == 2 and "pip install 'fastsync[app]'" in err
+
+
+def test_app_loads_the_engine_once_and_serves_on_the_given_address(engine, tmp_path, monkeypatch):
+    import gradio as gr
+
+    loads, launches = [], []
+    monkeypatch.setattr(LipSync, "from_options", lambda options: loads.append(options) or engine)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launches.append(kw))
+    code, out, _ = run_cli(["app", *TINY, "--port", "7999", "--work-dir", str(tmp_path)])
+    assert code == 0 and RANDOM_WEIGHTS_NOTE in out
+    assert len(loads) == 1 and loads[0].random_weights and loads[0].model_size == "tiny"
+    assert launches == [dict(server_name="127.0.0.1", server_port=7999, share=False, show_error=True)]
