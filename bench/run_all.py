@@ -56,6 +56,7 @@ def main() -> None:
                         help="merge the unet_<gpu>.json and e2e_<gpu>.json already in --out-dir (made by "
                              "separate calls of the two benchmarks in one GPU session) instead of running them")
     parser.add_argument("--unet-json", type=Path, help="with --reuse: the UNet results to merge (default unet_<gpu>.json)")
+    parser.add_argument("--e2e-json", type=Path, help="with --reuse: the e2e results to merge (default e2e_<gpu>.json)")
     parser.add_argument("--unet-variant", default="compiled_graph",
                         help="the variant of the UNet results that is fast mode's forward")
     parser.add_argument("--cold-start-json", type=Path,
@@ -67,7 +68,7 @@ def main() -> None:
     gpu = args.gpu or torch.cuda.get_device_name(0)
     slug = "h100" if "H100" in gpu else "h200" if "H200" in gpu else gpu.lower().replace(" ", "_")
     work = args.out_dir
-    unet_json, e2e_json = args.unet_json or work / f"unet_{slug}.json", work / f"e2e_{slug}.json"
+    unet_json, e2e_json = args.unet_json or work / f"unet_{slug}.json", args.e2e_json or work / f"e2e_{slug}.json"
     if not args.reuse:
         _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
         _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
