@@ -114,6 +114,9 @@ def test_report_has_every_field_with_sane_values(profiled, mode):
     s = r["stages"]
     assert set(s["steady"]) == set(STEADY)
     assert stages.INIT in s["one_time"] and stages.INIT not in s["steady"]
+    parts = {name.split("/", 1)[1]: v for name, v in s["one_time"].items() if name.startswith(stages.INIT + "/")}
+    assert {"unet", "vae", "whisper"} <= set(parts)  # the load's parts, within the load itself
+    assert sum(parts.values()) <= s["one_time"][stages.INIT]
     assert set(s["steady"]) | set(s["one_time"]) >= set(stages.ALL_STAGES)
     for name, seconds in [*s["steady"].items(), *s["one_time"].items()]:
         assert math.isfinite(seconds) and seconds >= 0, (name, seconds)

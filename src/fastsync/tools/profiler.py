@@ -61,6 +61,8 @@ def profile_run(args: argparse.Namespace) -> dict:
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(str(out_dir / "trace_init"))):
         with clock.stage(stages.INIT):
             engine = LipSync.from_options(engine_options_from_args(args))
+    # the load's parts (UNet, VAE, whisper, ...), so a slow load says which part is slow
+    one_time.update({f"{stages.INIT}/{part}": s for part, s in engine.components.load_timings.items()})
     one_time.update(engine.warm_up(sampling))
     one_time_peak = None
     if torch.cuda.is_available():  # the job's own peak, below; the load's and warm-up's apart
