@@ -14,12 +14,18 @@ import dataclasses
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
 
 import batch_fakes
 import pytest
 import torch
 from demo_clip import demo_clip
 from job_clips import QUICK, expected_frames, inspect, trim_wav, wav_samples
+from test_sigterm import _gone, _processes_with  # finds a run's processes by a marker in their environment
 
 from fastsync import api, cli, devices
 from fastsync.batch import BatchJob
@@ -210,3 +216,30 @@ def test_two_cpu_workers_write_the_files_of_the_single_process_batch(tmp_path, c
         assert inspect(multi).frames == expected_frames(wav_samples(audio)) == 27
         assert multi.read_bytes() == single.read_bytes(), output
     assert (tmp_path / "multi" / "one.mp4").read_bytes() != (tmp_path / "multi" / "two.mp4").read_bytes()
+
+
+def test_sigterm_stops_the_workers_and_leaves_no_output(tmp_path, assets_dir):
+    """SIGTERM (what a scheduler sends) once a worker is writing: every worker unwinds its
+    job, so no output and no temporary file is left, and no process outlives the batch."""
+    audio = trim_wav(assets_dir / "demo1_audio.wav", tmp_path / "a.wav", 3.0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    video = assets_dir / "demo1_video.mp4"
+    (tmp_path / "jobs.json").write_text(json.dumps([
+        {"video": str(video), "audio": str(audio), "output": f"out/{name}.mp4"} for name in ("one", "two")]))
+    marker = f"fastsync-batch-sigterm-{uuid.uuid4().hex}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastsync.cli", "batch", str(tmp_path / "jobs.json"), "--devices", "cpu,cpu",
+         "--random-weights", "--model-size", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FASTSYNC_TEST_MARK": marker, "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(out_dir.iterdir()) and proc.poll() is None:
+        time.sleep(0.2)  # a writer's temporary file exists: a job is mid-way
+    assert proc.poll() is None, f"the batch ended before it could be interrupted: {proc.communicate()}"
+    assert len(_processes_with(marker)) >= 3  # the batch process and its two workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert list(out_dir.iterdir()) == []
+    assert _gone(marker), "a worker process outlived the batch"
