@@ -218,13 +218,14 @@ def test_two_cpu_workers_write_the_files_of_the_single_process_batch(tmp_path, c
     assert (tmp_path / "multi" / "one.mp4").read_bytes() != (tmp_path / "multi" / "two.mp4").read_bytes()
 
 
-def test_sigterm_stops_the_workers_and_leaves_no_output(tmp_path, assets_dir):
+def test_sigterm_stops_the_workers_and_leaves_no_output(tmp_path, assets_dir, clip):
     """SIGTERM (what a scheduler sends) once a worker is writing: every worker unwinds its
-    job, so no output and no temporary file is left, and no process outlives the batch."""
+    job, so no output and no temporary file is left, and no process outlives the batch.
+    3 s of audio on the short clip (looped): the jobs last long enough to be interrupted."""
     audio = trim_wav(assets_dir / "demo1_audio.wav", tmp_path / "a.wav", 3.0)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    video = assets_dir / "demo1_video.mp4"
+    video = clip[0]
     (tmp_path / "jobs.json").write_text(json.dumps([
         {"video": str(video), "audio": str(audio), "output": f"out/{name}.mp4"} for name in ("one", "two")]))
     marker = f"fastsync-batch-sigterm-{uuid.uuid4().hex}"

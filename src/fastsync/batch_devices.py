@@ -26,17 +26,23 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from typing import TYPE_CHECKING
 
 from fastsync.batch import BatchJob, run_batch
 from fastsync.batch_worker import load_engine, worker_main
 from fastsync.devices import parse_devices
 
+if TYPE_CHECKING:
+    from fastsync.denoise import SamplingOptions
+    from fastsync.engine import EngineOptions
+
 STOP_WAIT_S = 60.0  # a stopped worker first aborts its job's host workers (up to 30 s: host_processes)
 LOST_WAIT_S = 10.0  # a worker whose pipe closed is exiting; after this it is killed
 
 
-def run_batch_on_devices(options, jobs: list[BatchJob], devices, *, sampling=None, overwrite: bool = False,
-                         echo=print, engine_factory=None) -> tuple[int, int, int]:
+def run_batch_on_devices(options: EngineOptions, jobs: list[BatchJob], devices: str | list[str], *,
+                         sampling: SamplingOptions | None = None, overwrite: bool = False, echo=print,
+                         engine_factory=None) -> tuple[int, int, int]:
     """Run `jobs` with one engine per device (`options` with each device in turn); returns
     (done, skipped, failed). `devices`: as for --devices ("cuda:0,cuda:1", "all",
     ["cpu", "cpu"]). One device runs in this process, as run_batch does. `engine_factory`

@@ -55,10 +55,7 @@ def _interrupt(signum, frame) -> None:
 
 def _load(options, factory, threads, conn):
     try:
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
+        _use_device(options.device, threads)
         engine = factory(options)
     except FastsyncError as exc:
         conn.send(("unusable", str(exc)))
@@ -68,6 +65,18 @@ def _load(options, factory, threads, conn):
         return None
     conn.send(("ready",))
     return engine
+
+
+def _use_device(device: str, threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        # The worker's GPU becomes the current one: what names no device (the CUDA streams,
+        # events and graphs of fastsync.accel, pinned host memory) then lands on it, and
+        # not on GPU 0 for every worker.
+        torch.cuda.set_device(device)
 
 
 def _serve(engine, sampling, conn) -> None:
