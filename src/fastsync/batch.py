@@ -4,7 +4,8 @@ JOBS is a CSV file with a header `video,audio,output` (paths relative to the CSV
 folder) or a JSON list of {"video", "audio", "output"} objects. A failing job is
 reported and skipped — its output is never half-written — and the others go on; the
 exit status says whether all succeeded. A job whose output already exists is skipped
-unless --overwrite is given, so an interrupted batch can simply be run again.
+unless --overwrite is given, so an interrupted batch can simply be run again. With
+--devices, fastsync.batch_devices runs the jobs on several devices by the same rules.
 """
 
 from __future__ import annotations

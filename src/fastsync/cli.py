@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="run many jobs listed in a CSV/JSON file, loading the models once")
     p.add_argument("jobs", type=Path, help="CSV (header video,audio,output) or JSON list; paths relative to it")
     p.add_argument("--overwrite", action="store_true", help="redo jobs whose output already exists")
+    p.add_argument("--devices", default=None,
+                   help="spread the jobs over several devices, one engine each: cuda:0,cuda:1 or all "
+                        "(every visible GPU), or cpu,cpu (CPU workers)")
     _add_model_options(p)
     _add_run_options(p)
     p.set_defaults(func=_cmd_batch)
@@ -114,10 +117,19 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
     from fastsync.batch import read_jobs, run_batch
 
-    jobs = read_jobs(args.jobs)  # a bad batch file fails before any model loads
+    jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
     sampling = sampling_from_args(args)
-    engine = LipSync.from_options(engine_options_from_args(args))
-    _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
+    devices = _batch_devices(args)
+    if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
+        args = argparse.Namespace(**{**vars(args), "device": devices[0]})
+    options = engine_options_from_args(args)
+    if devices is not None and len(devices) > 1:
+        from fastsync.batch_devices import run_batch_on_devices
+
+        _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite)
+    else:  # one device: the batch runs in this process, as it always has
+        engine = LipSync.from_options(options)
+        _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
     return 1 if failed else 0
 
 
@@ -125,6 +137,17 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from fastsync.app.serve import serve_from_args
 
     return serve_from_args(args)
+
+
+def _batch_devices(args: argparse.Namespace) -> list[str] | None:
+    if args.devices is None:
+        return None
+    if args.device is not None:
+        raise FastsyncError("batch got both --device and --devices",
+                            hint="give one: --device cuda:1 for one GPU, --devices cuda:0,cuda:1 for several")
+    from fastsync.devices import parse_devices
+
+    return parse_devices(args.devices)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:

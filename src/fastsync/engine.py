@@ -174,6 +174,11 @@ def load_components(options: EngineOptions) -> Components:
     from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
 
     device = pick_device(options.device)
+    if device.type == "cuda":
+        # CUDA streams, events, graphs and pinned-memory copies use the *current* device;
+        # make it the engine's, so --device cuda:1 does not put them on GPU 0 (untested
+        # here: the GPU machines lent so far have one GPU).
+        torch.cuda.set_device(device)
     dtype = pick_dtype(options, device)
     layout = CheckpointLayout(Path(options.checkpoint_dir))
     config = unet_config_for(options.version, options.model_size)

@@ -1,0 +1,101 @@
+"""One device's worker process in a multi-device batch (fastsync.batch_devices).
+
+The worker loads its engine once, says it is ready, then runs one job per message from
+the batch process until told to stop. Messages to the batch process, on its own pipe:
+
+    ("ready",)                    the engine is loaded; send jobs
+    ("unusable", text)            the engine could not be loaded; the worker exits
+    ("done", number, summary)     the job's output is in place
+    ("failed", number, text)      the job failed with a FastsyncError; the worker goes on
+    ("crashed", number, text)     any other error; the worker exits, since its device
+                                  may be left in a bad state (a CUDA error is sticky)
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+from fastsync.errors import FastsyncError
+
+
+def load_engine(options):
+    """The default engine factory: the same engine as the single-device batch."""
+    from fastsync.api import LipSync
+
+    return LipSync.from_options(options)
+
+
+def worker_main(options, factory, sampling, threads: int | None, conn) -> None:
+    """Entry point of the worker process. `threads`: torch's intra-op threads (CPU workers
+    share the cores), or None to keep the library default."""
+    _worker_signals()
+    try:
+        engine = _load(options, factory, threads, conn)
+        if engine is not None:
+            _serve(engine, sampling, conn)
+    except (KeyboardInterrupt, BrokenPipeError, EOFError):
+        pass  # stopped by the batch process, or the batch process is gone: nobody to tell
+    finally:
+        conn.close()
+
+
+def _worker_signals() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the batch process alone
+    # decides, and stops the workers with SIGTERM. SIGTERM unwinds the job like Ctrl-C, so
+    # the engine's writer removes its temporary file and its host workers are aborted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _load(options, factory, threads, conn):
+    try:
+        _use_device(options.device, threads)
+        engine = factory(options)
+    except FastsyncError as exc:
+        conn.send(("unusable", str(exc)))
+        return None
+    except Exception as exc:
+        conn.send(("unusable", _describe(exc)))
+        return None
+    conn.send(("ready",))
+    return engine
+
+
+def _use_device(device: str, threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        # The worker's GPU becomes the current one: what names no device (the CUDA streams,
+        # events and graphs of fastsync.accel, pinned host memory) then lands on it, and
+        # not on GPU 0 for every worker.
+        torch.cuda.set_device(device)
+
+
+def _serve(engine, sampling, conn) -> None:
+    while (message := conn.recv())[0] == "job":
+        _, number, job = message
+        try:
+            report = engine.run(job.video, job.audio, job.output, sampling=sampling)
+        except FastsyncError as exc:
+            conn.send(("failed", number, str(exc)))
+            continue
+        except Exception as exc:
+            traceback.print_exception(exc, file=sys.stderr)  # the whole story, for whoever reads the log
+            conn.send(("crashed", number, _describe(exc)))
+            return
+        conn.send(("done", number, report.summary()))
+
+
+def _describe(exc: BaseException) -> str:
+    """An unexpected error with the place it came from: the batch process prints it."""
+    where = traceback.extract_tb(exc.__traceback__)[-1:] or [None]
+    place = "" if where[0] is None else f" (at {where[0].filename}:{where[0].lineno})"
+    return f"{type(exc).__name__}: {exc}{place}"
