@@ -31,3 +31,18 @@ def assets_dir() -> Path:
     if not ASSETS.is_dir():
         pytest.fail(f"demo assets not found at {ASSETS}; put ../shared beside the checkout")
     return ASSETS
+
+
+@pytest.fixture
+def detections(engine, monkeypatch):
+    """Counts the face detections the engine's landmarker runs (`engine`: the test module's
+    own loaded engine fixture)."""
+    calls = []
+    detect = engine.components.landmarker.detect
+
+    def counting(frame):
+        calls.append(1)  # list.append is atomic: detection runs on worker threads
+        return detect(frame)
+
+    monkeypatch.setattr(engine.components.landmarker, "detect", counting)
+    return calls

@@ -35,20 +35,6 @@ def inputs(tmp_path_factory, assets_dir):
     return video, other, short, long
 
 
-@pytest.fixture
-def detections(engine, monkeypatch):
-    """Counts the face detections the engine's landmarker runs."""
-    calls = []
-    detect = engine.components.landmarker.detect
-
-    def counting(frame):
-        calls.append(1)  # list.append is atomic: detection runs on worker threads
-        return detect(frame)
-
-    monkeypatch.setattr(engine.components.landmarker, "detect", counting)
-    return calls
-
-
 def check_output(report, path, audio):
     frames = expected_frames(wav_samples(audio))
     assert report.output == path and report.frames == frames

@@ -57,20 +57,6 @@ def runner(engine, tmp_path):
     return JobRunner(engine, work_dir=tmp_path / "work")
 
 
-@pytest.fixture
-def detections(engine, monkeypatch):
-    """Counts the face detections the engine's landmarker runs."""
-    calls = []
-    detect = engine.components.landmarker.detect
-
-    def counting(frame):
-        calls.append(1)  # list.append is atomic: detection runs on worker threads
-        return detect(frame)
-
-    monkeypatch.setattr(engine.components.landmarker, "detect", counting)
-    return calls
-
-
 def check_video(path, audio):
     frames = expected_frames(wav_samples(audio))
     written = inspect(path)

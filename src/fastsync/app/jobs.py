@@ -9,7 +9,6 @@ audio track skips face detection.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from typing import TypeVar
 from fastsync.api import LipSync
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
+from fastsync.face.cache import file_sha256
 from fastsync.pipeline import JobReport, check_inputs
 from fastsync.progress import BARS
 
@@ -40,14 +40,6 @@ class JobResult:
     output: Path
     report: JobReport
     text: str  # the report as the page shows it
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sampling_options(steps, guidance, seed, deepcache_interval) -> SamplingOptions:

@@ -18,7 +18,8 @@ import numpy as np
 FORMAT = 1
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (videos can be gigabytes)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -27,7 +28,7 @@ def _sha256(path: Path) -> str:
 
 
 def _video_key(video: Path, backend: str) -> dict:
-    return {"format": FORMAT, "bytes": video.stat().st_size, "sha256": _sha256(video), "backend": backend}
+    return {"format": FORMAT, "bytes": video.stat().st_size, "sha256": file_sha256(video), "backend": backend}
 
 
 class LandmarkCache:
