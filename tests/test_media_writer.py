@@ -132,3 +132,52 @@ def test_read_only_folder(tmp_path):
             check_output_writable(folder / "out.mp4")
     finally:
         folder.chmod(0o700)
+
+
+_ENCODE_ONE_CLIP = """
+import hashlib, sys
+import av, numpy as np
+from fastsync.media.writer import VideoWriter
+h, w = 640, 360
+y, x = np.mgrid[0:h, 0:w]
+base = np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], -1).astype(np.int16)
+rng = np.random.default_rng(1)
+yuv = hashlib.sha1()
+with VideoWriter(sys.argv[1], w, h, threads=1) as writer:
+    for _ in range(27):
+        frame = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p",
+                                                                            interpolation="BICUBIC")
+        yuv.update(picture.to_ndarray().tobytes())
+        writer.write(frame)
+print(yuv.hexdigest())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="libx264 (PyAV 15.1 wheel, core 165) reads memory it never "
+                   "initialised: the bytes depend on what the heap held before (see the docstring)")
+def test_the_same_frames_encode_to_the_same_bytes_whatever_the_heap_held(tmp_path):
+    """Known upstream nondeterminism, kept here so that an upgrade that fixes it shows (XPASS).
+
+    The same RGB frames, hence the same YUV planes (checked), are encoded in two fresh
+    processes; the second has glibc fill every heap block it hands out with 0xFE
+    (MALLOC_PERTURB_=1) instead of the zero pages a fresh process usually gets. The files
+    differ: libx264 reads memory it never wrote. In a long-lived process (a batch of jobs
+    with --host-threads) the heap holds recycled data, so a later job's file could differ
+    from a fresh process's run in the bottom-right macroblock, by a few levels (the
+    symptom in test_batch_devices). The RGB->YUV conversion is not the cause: swscale does
+    read 4 bytes past the end of its source buffer (valgrind), but its output does not
+    depend on them, and the YUV planes here are equal."""
+    import subprocess
+    import sys
+
+    def encode(name, **env):
+        out = tmp_path / name
+        done = subprocess.run([sys.executable, "-c", _ENCODE_ONE_CLIP, str(out)], env={**os.environ, **env},
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip(), out.read_bytes()
+
+    yuv_clean, clean = encode("clean.mp4")
+    yuv_dirty, dirty = encode("dirty.mp4", MALLOC_PERTURB_="1")
+    assert yuv_clean == yuv_dirty  # the encoder's input is the same...
+    assert clean == dirty  # ...but its output is not
