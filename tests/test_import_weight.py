@@ -49,7 +49,7 @@ with contextlib.redirect_stdout(io.StringIO()):
 """
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["run", "--help"], ["batch", "--help"]])
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["run", "--help"], ["batch", "--help"]])
 def test_cli_help_imports_no_model_code(argv):
     # Not even torch: the sub-commands import what they need when they run.
     code = "import fastsync.cli" if not argv else _HELP.format(argv=argv)
@@ -63,3 +63,13 @@ def test_building_the_vae_still_uses_diffusers():
            "assert type(vae).__module__.startswith('diffusers.'), type(vae)\n" \
            "assert type(sch).__module__.startswith('diffusers.'), type(sch)"
     assert loaded_after(code, ("diffusers",)) == ["diffusers"]
+
+
+def test_cli_version_names_the_package(capsys):
+    import fastsync
+    from fastsync.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastsync {fastsync.__version__}"

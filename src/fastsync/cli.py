@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from fastsync import __version__
 from fastsync.errors import FastsyncError
 
 
@@ -60,6 +61,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsync", description="Fast LatentSync-compatible lip sync")
+    parser.add_argument("--version", action="version", version=f"fastsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="lip-sync a video to an audio track")
