@@ -9,9 +9,7 @@ Two modes share the same weights and seed:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,51 +181,38 @@ def load_components(options: EngineOptions) -> Components:
     layout = CheckpointLayout(Path(options.checkpoint_dir))
     config = unet_config_for(options.version, options.model_size)
 
-    timings: dict[str, float] = {}
-    clock = _Stopwatch(timings, device)
+    from fastsync.stages import StageClock
+
+    clock = StageClock(sync_cuda=device.type == "cuda")  # GPU work counts in its part
     if options.random_weights:
-        with clock("unet"):
+        with clock.stage("unet"):
             unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
-        with clock("vae"):
+        with clock.stage("vae"):
             vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
             vae = vae.to(device=device, dtype=dtype)
-        with clock("whisper"):
+        with clock.stage("whisper"):
             whisper = random_whisper_encoder(seed=options.seed, dtype=dtype).to(device=device)
     else:
-        with clock("unet"):
+        with clock.stage("unet"):
             unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
-        with clock("vae"):
+        with clock.stage("vae"):
             vae = load_vae(layout.vae_dir).to(device=device, dtype=dtype)
-        with clock("whisper"):
+        with clock.stage("whisper"):
             # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).
             whisper = load_whisper_encoder(layout.require(layout.whisper, options.version), dtype=dtype)
             whisper = whisper.to(device=device)
-    with clock("landmarker"):
+    with clock.stage("landmarker"):
         landmarker = LazyLandmarker(options.face_backend, layout.root, device)
     mask = torch.from_numpy(mask_for_resolution(options.resolution)).float()
     components = Components(unet.eval(), vae, whisper.eval(), make_scheduler(), landmarker, mask, device, dtype,
-                            options, load_timings=timings)
+                            options)
     if options.mode == "fast":
         from fastsync.accel.setup import prepare_fast
 
-        with clock("fast_setup"):
+        with clock.stage("fast_setup"):
             prepare_fast(components)
+    components.load_timings = {name: round(seconds, 3) for name, seconds in clock.seconds.items()}
     return components
-
-
-class _Stopwatch:
-    """`with clock("unet"): ...` adds the block's seconds (GPU work included) to `timings`."""
-
-    def __init__(self, timings: dict[str, float], device: torch.device):
-        self.timings, self.device = timings, device
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        started = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = round(time.perf_counter() - started, 3)
 
 
 def with_mode(options: EngineOptions, mode: str) -> EngineOptions:

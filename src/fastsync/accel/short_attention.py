@@ -50,8 +50,7 @@ def _build():
         rows = tl.arange(0, BLOCK_L)
         cols = tl.arange(0, BLOCK_D)
         mask = (rows[:, None] < L) & (cols[None, :] < D)
-        offsets = rows[:, None] * q_sl + cols[None, :]
-        q = tl.load(q_ptr + n * q_sn + h * q_sh + offsets, mask=mask, other=0.0)
+        q = tl.load(q_ptr + n * q_sn + h * q_sh + rows[:, None] * q_sl + cols[None, :], mask=mask, other=0.0)
         k = tl.load(k_ptr + n * k_sn + h * k_sh + rows[:, None] * k_sl + cols[None, :], mask=mask, other=0.0)
         v = tl.load(v_ptr + n * v_sn + h * v_sh + rows[:, None] * v_sl + cols[None, :], mask=mask, other=0.0)
         scores = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_L, BLOCK_L), fp32
