@@ -125,11 +125,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
         args = argparse.Namespace(**{**vars(args), "device": devices[0]})
     options = engine_options_from_args(args)
-    if devices is not None and len(devices) > 1:
+    if devices is not None:  # one device of them runs in this process, as without --devices
         from fastsync.batch_devices import run_batch_on_devices
 
         _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite)
-    else:  # one device: the batch runs in this process, as it always has
+    else:
         engine = LipSync.from_options(options)
         _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
     return 1 if failed else 0
