@@ -3,9 +3,13 @@
 The weights are loaded the way a user's are: from a checkpoint folder in the official
 layout and formats (fp32 `latentsync_unet.pt`, OpenAI `whisper/tiny.pt`, diffusers VAE),
 written here once with seeded random weights. The first process starts with an empty
-compile cache; the second finds the first one's inductor cache on disk (what a user's
-second run sees). Both read the checkpoint from the page cache, as a second run would.
-Each child prints one JSON line.
+compile cache; the second finds the first one's cache on disk (what a user's second run
+sees). Both read the checkpoint from the page cache, as a second run would. Each child
+prints one JSON line.
+
+`--variants precompile,lazy` runs the pair once per variant, each with its own empty cache:
+with the compiled regions kept on disk whole (FastOptions.precompile, the default) and with
+plain lazy torch.compile, side by side in one run.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -33,27 +37,43 @@ def write_checkpoints(root: Path) -> None:
     save_layout(root, random_unet(unet_config_for("1.6", "full")), random_whisper_encoder(), random_vae("full"))
 
 
-def child(checkpoint_dir: str) -> None:
+def child(checkpoint_dir: str, precompile: bool) -> None:
     started = time.perf_counter()
     import torch
 
     torch_imported = time.perf_counter()
     from fastsync.api import LipSync
     from fastsync.denoise import SamplingOptions
-    from fastsync.engine import EngineOptions
+    from fastsync.engine import EngineOptions, FastOptions
 
     imported = time.perf_counter()
     torch.cuda.init()
     cuda_ready = time.perf_counter()
-    engine = LipSync.from_options(EngineOptions(checkpoint_dir=checkpoint_dir, device="cuda", mode="fast"))
+    engine = LipSync.from_options(EngineOptions(checkpoint_dir=checkpoint_dir, device="cuda", mode="fast",
+                                                fast=FastOptions(precompile=precompile)))
     torch.cuda.synchronize()
     loaded = time.perf_counter()
-    engine.warm_up(SamplingOptions())
+    warm = engine.warm_up(SamplingOptions())
     warmed = time.perf_counter()
+    store = engine.components.cache.get("region_compiler")
     print(json.dumps({"import_s": round(imported - started, 2), "of_which_torch_s": round(torch_imported - started, 2),
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
                       "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
-                      "load_parts_s": engine.components.load_timings}))
+                      "load_parts_s": engine.components.load_timings, "warm_up": warm,
+                      "regions": store.stats.__dict__ if store is not None else None}))
+
+
+def _import_environment() -> dict:
+    """What makes imports slower here than in a clean install: diffusers imports transformers
+    whenever it is installed, and without bytecode files every module is compiled again."""
+    from importlib import metadata
+
+    try:
+        transformers = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        transformers = None
+    return {"transformers_installed": transformers,
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")}
 
 
 def main() -> None:
@@ -63,29 +83,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache-dir", default="/tmp/fastsync-inductor-cold")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/fastsync-checkpoints"))
+    parser.add_argument("--variants", default="precompile", type=lambda v: v.split(","),
+                        help="precompile and/or lazy: FastOptions.precompile on or off, one pair of processes each")
     args = parser.parse_args()
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=args.cache_dir)
-    results = {"environment": environment(), "cache_dir_empty_at_start": not Path(args.cache_dir).exists(), "processes": []}
+    results = {"environment": environment(), "import_environment": _import_environment(), "processes": []}
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
         started = time.perf_counter()
         write_checkpoints(args.checkpoint_dir)
         results["write_checkpoints_s"] = round(time.perf_counter() - started, 2)
     results["unet_checkpoint_bytes"] = (args.checkpoint_dir / "latentsync_unet.pt").stat().st_size
-    for name in ("first_process", "second_process"):
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_cold_start", "--child", str(args.checkpoint_dir)], env=env,
-                              capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        entry = json.loads(line[-1]) if line else {"error": proc.stderr[-2000:]}
-        entry["process_wall_s"] = round(time.perf_counter() - started, 2)
-        entry["name"] = name
-        results["processes"].append(entry)
-        print(entry, flush=True)
-        save(results, args.out)
+    for variant in args.variants:
+        cache_dir = f"{args.cache_dir}-{variant}"
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+        results[f"cache_dir_empty_at_start_{variant}"] = not Path(cache_dir).exists()
+        for name in ("first_process", "second_process"):
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "bench.bench_cold_start", "--child", str(args.checkpoint_dir)]
+            proc = subprocess.run(command + (["--lazy"] if variant == "lazy" else []), env=env,
+                                  capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            entry = json.loads(line[-1]) if line else {"error": proc.stderr[-2000:]}
+            entry["process_wall_s"] = round(time.perf_counter() - started, 2)
+            entry["name"], entry["variant"] = name, variant
+            results["processes"].append(entry)
+            print(entry, flush=True)
+            save(results, args.out)
+    by = {(p["variant"], p["name"]): p.get("process_wall_s") for p in results["processes"]}
+    if {"precompile", "lazy"} <= set(args.variants):
+        results["ratios_lazy_over_precompile"] = {
+            name: round(by[("lazy", name)] / by[("precompile", name)], 2) for name in ("first_process", "second_process")}
+    save(results, args.out)
 
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        child(sys.argv[sys.argv.index("--child") + 1])
+        child(sys.argv[sys.argv.index("--child") + 1], precompile="--lazy" not in sys.argv)
     else:
         main()

@@ -71,6 +71,7 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
+            **_regions_compiled(engine),
         })
         result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
         print(mode, result["runs"][-1], flush=True)
@@ -78,6 +79,12 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+def _regions_compiled(engine) -> dict:
+    """Regions compiled so far in this process: a job after the warm-up should add none."""
+    store = engine.components.cache.get("region_compiler")
+    return {} if store is None else {"regions_compiled_so_far": store.stats.compiled}
 
 
 def main() -> None:

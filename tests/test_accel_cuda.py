@@ -211,6 +211,30 @@ def test_compile_regions_matches_eager(unet, unet32, timesteps):
         assert_fp16_close(ours, expected, exact)
 
 
+def test_precompiled_regions_match_eager_and_load_from_disk(unet, unet32, timesteps, tmp_path):
+    """Regions kept on disk whole: compiled once, then read back by a fresh compiler with
+    nothing traced again, and within the same fp16 bound as lazy compilation."""
+    from fastsync.accel import precompile
+    from fastsync.accel.compile import compile_regions
+
+    if not precompile.supported():
+        pytest.skip("this torch cannot compile ahead of time")
+    few = timesteps[:4]
+    plain = _chunk(PlainPredictor(unet, INTERVAL), few, frames=4)
+    truth = _chunk(PlainPredictor(unet32, INTERVAL), few, frames=4, dtype=torch.float32)
+    for round_ in ("compile", "load"):
+        store = precompile.RegionCompiler(tmp_path)
+        compiled = copy.deepcopy(unet)
+        compile_regions(compiled, store=store)
+        ours = _chunk(PlainPredictor(compiled, INTERVAL), few, frames=4)
+        for a, b, exact in zip(ours, plain, truth, strict=True):
+            assert_fp16_close(a, b, exact)
+        if round_ == "compile":
+            assert store.stats.compiled > 0 and store.stats.loaded == 0
+        else:
+            assert store.stats.compiled == 0 and store.stats.loaded > 0
+
+
 def test_compile_vae_regions_matches_eager():
     from diffusers.models.resnet import ResnetBlock2D
 

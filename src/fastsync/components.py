@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastsync.errors import CheckpointError
+from fastsync.errors import CheckpointError, FastsyncError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler
@@ -58,10 +58,27 @@ VAE_PRESETS = {
 }
 
 
-def make_scheduler() -> DDIMScheduler:
-    from diffusers import DDIMScheduler
+def diffusers_class(name: str):
+    """`diffusers.<name>`, or a FastsyncError that says which package broke the import.
 
-    return DDIMScheduler(**DDIM_CONFIG)
+    diffusers imports the installed HF transformers whenever one is present (its model
+    loaders do), although neither fastsync nor the VAE needs it; a transformers that cannot
+    import (e.g. its tokenizers pin is not met) then fails diffusers' import too.
+    """
+    try:
+        import diffusers
+
+        return getattr(diffusers, name)
+    except (ImportError, RuntimeError) as exc:
+        raise FastsyncError(
+            f"diffusers could not import {name}: {exc}",
+            hint="if the error names transformers or tokenizers: upgrade transformers to a version that imports "
+                 "cleanly, or uninstall it (fastsync does not need it)",
+        ) from exc
+
+
+def make_scheduler() -> DDIMScheduler:
+    return diffusers_class("DDIMScheduler")(**DDIM_CONFIG)
 
 
 def _configure(vae: AutoencoderKL) -> AutoencoderKL:
@@ -70,8 +87,7 @@ def _configure(vae: AutoencoderKL) -> AutoencoderKL:
 
 
 def random_vae(size: str = "full", *, seed: int = 0) -> AutoencoderKL:
-    from diffusers import AutoencoderKL
-
+    AutoencoderKL = diffusers_class("AutoencoderKL")  # noqa: N806 (the class, under its own name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**VAE_PRESETS[size])
@@ -80,7 +96,7 @@ def random_vae(size: str = "full", *, seed: int = 0) -> AutoencoderKL:
 
 def load_vae(vae_dir: Path) -> AutoencoderKL:
     """Load sd-vae-ft-mse from a local diffusers folder, or from the HF cache by repo id."""
-    from diffusers import AutoencoderKL
+    AutoencoderKL = diffusers_class("AutoencoderKL")  # noqa: N806 (the class, under its own name)
 
     if vae_dir.is_dir():
         try:

@@ -28,6 +28,10 @@ class FastOptions:
     overlap: bool = True  # decode/align, GPU denoise and paste/encode run concurrently
     channels_last: bool = True  # NDHWC activations: the per-frame reshapes become free views
     compile: bool = True  # regional torch.compile of the repeated UNet blocks (CUDA only)
+    # Keep the compiled regions on disk whole (Dynamo's guards and bytecode with inductor's
+    # output), so a second process loads them instead of tracing again (torch >= 2.10;
+    # on an older torch, compile alone applies). fastsync.accel.precompile.
+    precompile: bool = True
     cuda_graphs: bool = True  # capture the fixed-shape denoise steps (CUDA only)
     face_workers: int = 4  # threads for face detection and paste-back
     vae_micro_batch: int = 4  # frames per VAE call: bounds peak GPU memory at 512 px

@@ -5,18 +5,21 @@ measured 167 s). Its time is spent in a few block types repeated at four widths,
 compile each ResNet block, spatial transformer and motion module on its own: blocks of
 the same shape share one compiled graph (parameters are graph inputs), and the cold
 start is the sum over distinct shapes only. Inductor's on-disk cache makes a second
-process reuse the kernels.
+process reuse the kernels; with a `RegionCompiler` (fastsync.accel.precompile) the whole
+compiled regions are kept on disk, and a second process does not trace them again.
 
 All compiler flags live here, in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 from torch import nn
 
+from fastsync.accel import precompile
 from fastsync.models.attention import SpatialTransformer
 from fastsync.models.motion_module import MotionModule
 from fastsync.models.resnet import ResnetBlock
@@ -41,31 +44,48 @@ def configure_inductor(cache_dir: str | None = None) -> None:
     inductor.coordinate_descent_tuning = False
 
 
-def compile_regions(model: nn.Module, *, mode: str | None = None) -> int:
-    """Compile every region module in place; returns how many were wrapped."""
+def regions_dir() -> str:
+    """Where a RegionCompiler keeps its files: inside inductor's cache, so that emptying
+    that cache (or pointing TORCHINDUCTOR_CACHE_DIR elsewhere) empties both."""
+    configure_inductor()
+    return os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "fastsync-regions")
+
+
+def _compile_each(model: nn.Module, kinds: tuple[type, ...], store: precompile.RegionCompiler | None,
+                  mode: str | None = None) -> int:
     configure_inductor()
     count = 0
     for module in model.modules():
-        if isinstance(module, REGIONS):
-            module.compile(fullgraph=True, dynamic=False, mode=mode)
+        if isinstance(module, kinds):
+            if store is None:
+                module.compile(fullgraph=True, dynamic=False, mode=mode)
+            else:
+                store.install(module)
             count += 1
     return count
 
 
-def compile_vae_regions(vae: nn.Module) -> int:
+def compile_regions(model: nn.Module, *, mode: str | None = None,
+                    store: precompile.RegionCompiler | None = None) -> int:
+    """Compile every region module in place (lazily: on its first call); returns how many.
+    With `store`, the compiled regions are kept on disk; `mode` applies without one only."""
+    return _compile_each(model, REGIONS, store, mode)
+
+
+def compile_vae_regions(vae: nn.Module, *, store: precompile.RegionCompiler | None = None) -> int:
     """The VAE's ResNet blocks (diffusers' ResnetBlock2D): a third of a chunk's GPU time at
     512 px goes to VAE encode/decode, mostly in GroupNorm+SiLU around its convolutions."""
     from diffusers.models.resnet import ResnetBlock2D
 
-    configure_inductor()
-    count = 0
-    for module in vae.modules():
-        if isinstance(module, ResnetBlock2D):
-            module.compile(fullgraph=True, dynamic=False)
-            count += 1
-    return count
+    return _compile_each(vae, (ResnetBlock2D,), store)
 
 
+@contextlib.contextmanager
 def eager_context():
     """Run compiled regions eagerly (e.g. a short last chunk, whose shape would recompile)."""
-    return torch.compiler.set_stance("force_eager")
+    token = precompile.set_eager(True)
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            yield
+    finally:
+        precompile.reset_eager(token)

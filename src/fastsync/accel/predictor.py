@@ -8,6 +8,7 @@ the full and the cached DeepCache steps.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -92,12 +93,8 @@ class FastPredictor(PlainPredictor):
         sample = self._layout(sample)
         standard = sample.shape[2] == self.num_frames
         if not standard:
-            if self.compiled:
-                from fastsync.accel.compile import eager_context
-
-                with eager_context():
-                    return super().__call__(sample, t, audio, step)
-            return super().__call__(sample, t, audio, step)
+            with one_off_shapes(self.compiled):
+                return super().__call__(sample, t, audio, step)
         if not self.cuda_graphs:
             return super().__call__(sample, t, audio, step)
         full, shallow = self._graphs_for(sample, t, audio)
@@ -107,6 +104,25 @@ class FastPredictor(PlainPredictor):
         if self.deep is None:
             raise RuntimeError(f"DeepCache: step {step} reuses features but no full step ran in this chunk")
         return shallow(sample, t, audio, self.deep)
+
+
+@contextlib.contextmanager
+def one_off_shapes(compiled: bool):
+    """For a chunk shape seen once per job: compiled regions run eagerly, and cuDNN takes
+    its heuristic's algorithms instead of timing each new convolution shape (with
+    `cudnn.benchmark` on, that timing cost the first job after the warm-up seconds)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        if compiled:
+            from fastsync.accel.compile import eager_context
+
+            with eager_context():
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def make_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredictor, Callable[[], None]]:

@@ -40,10 +40,22 @@ def prepare_fast(c: Components) -> dict[str, float]:
         from fastsync.accel.compile import compile_regions, compile_vae_regions
 
         started = time.perf_counter()
-        compile_regions(c.unet)  # lazy: the compilation itself happens on the first call
-        compile_vae_regions(c.vae)
+        store = region_compiler(c) if fast.precompile else None
+        compile_regions(c.unet, store=store)  # lazy: the compilation itself happens on the first call
+        compile_vae_regions(c.vae, store=store)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
+
+
+def region_compiler(c: Components):
+    """The engine's RegionCompiler (kept on the components for its statistics), or None
+    where this torch cannot compile ahead of time."""
+    from fastsync.accel import precompile
+    from fastsync.accel.compile import regions_dir
+
+    if not precompile.supported():
+        return None
+    return c.cache.setdefault("region_compiler", precompile.RegionCompiler(regions_dir()))
 
 
 def motion_attention_backend(name: str, device: torch.device) -> str:

@@ -32,4 +32,8 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     started = time.perf_counter()
     denoiser(faces, audio)
     torch.cuda.synchronize()
-    return {"warmup_compile_capture_s": round(time.perf_counter() - started, 3)}
+    spent = {"warmup_compile_capture_s": round(time.perf_counter() - started, 3)}
+    store = c.cache.get("region_compiler")
+    if store is not None:  # of which compiling regions, and loading them from disk
+        spent |= {"regions_compile_s": round(store.stats.compile_s, 3), "regions_load_s": round(store.stats.load_s, 3)}
+    return spent

@@ -1,0 +1,182 @@
+"""Compiled regions kept on disk whole, so that a second process skips Dynamo's tracing.
+
+With plain `torch.compile`, inductor's caches spare a second process the code generation,
+but Dynamo still traces every region shape again and AOTAutograd looks each graph up:
+17.2 s of the 38.4 s second-process start on an H200 (bench/results/cold_start_h200.json).
+`torch.compile(...).aot_compile(...)` (torch >= 2.10, experimental) returns the whole
+result as one serializable function: the guards, Dynamo's transformed bytecode and the
+bundled inductor output. A later process loads it and calls it; nothing is traced.
+
+Regions of one class with the same parameter and input shapes share one compiled function:
+the module is its first argument, so its parameters are graph inputs. Each function keeps
+Dynamo's own guards (shapes, strides, dtypes, attribute values, grad mode). A call that
+fails them compiles one more variant, as Dynamo's recompilation would, so a stale or
+mismatched file can cost time but never changes a result.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import io
+import logging
+import os
+import pickle
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the file layout below changes
+_EAGER = contextvars.ContextVar("fastsync_regions_eager", default=False)
+
+
+def supported() -> bool:
+    """Whether this torch can compile ahead of time and load the result back."""
+    return hasattr(torch.compiler, "load_compiled_function") and hasattr(torch._dynamo.config, "enable_aot_compile")
+
+
+def set_eager(on: bool) -> contextvars.Token:
+    """Run installed regions as plain modules (see `fastsync.accel.compile.eager_context`)."""
+    return _EAGER.set(on)
+
+
+def reset_eager(token: contextvars.Token) -> None:
+    _EAGER.reset(token)
+
+
+@dataclass
+class RegionStats:
+    compiled: int = 0  # functions traced and compiled in this process
+    loaded: int = 0  # functions read from disk
+    compile_s: float = 0.0
+    load_s: float = 0.0
+    rejected_files: int = 0  # files that could not be read or belong to another setup
+
+
+class RegionCompiler:
+    """Compiles region modules on their first call, one function per class and shapes.
+
+    Functions live in `directory`, one file per key; a file holds every variant compiled
+    for its key.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.functions: dict[str, list] = {}  # key -> compiled variants
+        self.blobs: dict[str, list[bytes]] = {}  # key -> the same, serialized
+        self.stats = RegionStats()
+
+    def install(self, module: nn.Module) -> None:
+        """Route `module`'s calls through this compiler (a bound method, so deepcopy rebinds it)."""
+        compiler, plain = self, type(module).forward
+
+        def forward(self, *args, **kwargs):
+            if _EAGER.get():
+                return plain(self, *args, **kwargs)
+            return compiler(plain, self, args, kwargs)
+
+        module.forward = types.MethodType(forward, module)
+
+    def __call__(self, plain, module: nn.Module, args: tuple, kwargs: dict):
+        key = _call_key(module, args, kwargs)
+        variants = self.functions.get(key)
+        if variants is None:
+            variants = self._read(key)
+        call_args = (module, *args)
+        for fn in variants:
+            if fn.guard_check(*call_args, **kwargs):
+                return fn(*call_args, **kwargs)
+        fn = self._compile(plain, call_args, kwargs)
+        variants.append(fn)
+        self.blobs[key].append(_serialize(fn))
+        self._write(key)
+        return fn(*call_args, **kwargs)
+
+    # -- compiling ----------------------------------------------------------------------
+
+    def _compile(self, plain, call_args: tuple, kwargs: dict):
+        started = time.perf_counter()
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            fn = torch.compile(plain, fullgraph=True, dynamic=False).aot_compile((call_args, kwargs))
+        fn.disable_guard_check()  # checked by __call__ itself, once
+        self.stats.compiled += 1
+        self.stats.compile_s += time.perf_counter() - started
+        return fn
+
+    # -- the files ----------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+
+    def _read(self, key: str) -> list:
+        self.functions[key], self.blobs[key] = [], []
+        path = self._path(key)
+        if not path.is_file():
+            return self.functions[key]
+        started = time.perf_counter()
+        try:
+            stored_key, blobs = pickle.loads(path.read_bytes())
+            if stored_key != key:
+                raise ValueError("the file holds another key (a hash collision or a foreign file)")
+            variants = [torch.compiler.load_compiled_function(io.BytesIO(blob)) for blob in blobs]
+        except Exception as exc:  # a torn, foreign or incompatible file: compile again
+            log.warning("ignoring precompiled region %s: %s", path, exc)
+            self.stats.rejected_files += 1
+            return self.functions[key]
+        for fn in variants:
+            fn.disable_guard_check()
+        self.functions[key], self.blobs[key] = variants, list(blobs)
+        self.stats.loaded += len(variants)
+        self.stats.load_s += time.perf_counter() - started
+        return variants
+
+    def _write(self, key: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(pickle.dumps((key, self.blobs[key])))
+        os.replace(partial, path)  # atomic: a concurrent reader sees the old file or the new one
+
+
+def _serialize(fn) -> bytes:
+    from torch._dynamo.aot_compile import AOTCompiledFunction
+
+    return AOTCompiledFunction.serialize(fn).serialized_data
+
+
+def _call_key(module: nn.Module, args: tuple, kwargs: dict) -> str:
+    parts = [_module_key(module)]
+    parts += [_value_key(v) for v in args]
+    parts += [f"{name}={_value_key(v)}" for name, v in sorted(kwargs.items())]
+    return "|".join(parts)
+
+
+def _module_key(module: nn.Module) -> str:
+    """The class, the versions, and every parameter's and buffer's layout; computed once
+    per module (after fast set-up, which is when layouts stop changing)."""
+    cached = module.__dict__.get("_fastsync_region_key")
+    if cached is None:
+        tensors = [f"{n}:{_value_key(t)}" for n, t in (*module.named_parameters(), *module.named_buffers())]
+        cls = type(module)
+        cached = ";".join([f"format{FORMAT}", f"torch{torch.__version__}", f"{cls.__module__}.{cls.__qualname__}",
+                           _device_key(), *tensors])
+        module.__dict__["_fastsync_region_key"] = cached
+    return cached
+
+
+def _device_key() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"{torch.cuda.get_device_name()}-sm{''.join(map(str, torch.cuda.get_device_capability()))}"
+
+
+def _value_key(value) -> str:
+    if isinstance(value, Tensor):
+        return f"T{tuple(value.shape)}{tuple(value.stride())}{value.dtype}{value.device.type}"
+    return repr(value)
