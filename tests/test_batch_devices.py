@@ -251,3 +251,13 @@ def test_sigterm_stops_the_workers_and_leaves_no_output(tmp_path, assets_dir, cl
     assert proc.returncode == 130, err
     assert list(out_dir.iterdir()) == []
     assert _gone(marker), "a worker process outlived the batch"
+
+
+@pytest.mark.parametrize(("name", "expected"), [("cuda:1", [torch.device("cuda:1")]), ("cuda", []), ("cpu", [])])
+def test_make_current_sets_only_a_named_gpu(monkeypatch, name, expected):
+    """torch.cuda.set_device refuses a bare "cuda" (it names no GPU: it already is the current
+    one), which broke every `--device cuda` load on a GPU before this check."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
+    devices.make_current(name)
+    assert calls == expected

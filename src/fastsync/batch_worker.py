@@ -72,11 +72,9 @@ def _use_device(device: str, threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if device.startswith("cuda"):
-        # The worker's GPU becomes the current one: what names no device (the CUDA streams,
-        # events and graphs of fastsync.accel, pinned host memory) then lands on it, and
-        # not on GPU 0 for every worker.
-        torch.cuda.set_device(device)
+    from fastsync.devices import make_current
+
+    make_current(device)  # each worker's streams and graphs on its own GPU, not all on GPU 0
 
 
 def _serve(engine, sampling, conn) -> None:

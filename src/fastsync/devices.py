@@ -81,3 +81,12 @@ def _gpu_count() -> int:
 
 def _show(spec: str | Sequence[str]) -> str:
     return spec if isinstance(spec, str) else ",".join(spec)
+
+
+def make_current(device: str | torch.device) -> None:
+    """Make a GPU the current one, so that what names no device (CUDA streams, events and
+    graphs, pinned host memory) lands on it and not on GPU 0. A bare "cuda" names no GPU:
+    it already means the current one, and torch.cuda.set_device refuses it."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)

@@ -170,17 +170,16 @@ class LazyLandmarker:
 
 
 def load_components(options: EngineOptions) -> Components:
+    from fastsync.devices import make_current
     from fastsync.components import load_vae, make_scheduler, random_vae
     from fastsync.face.mask import mask_for_resolution
     from fastsync.models.loading import load_unet, random_unet
     from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
 
     device = pick_device(options.device)
-    if device.type == "cuda":
-        # CUDA streams, events, graphs and pinned-memory copies use the *current* device;
-        # make it the engine's, so --device cuda:1 does not put them on GPU 0 (untested
-        # here: the GPU machines lent so far have one GPU).
-        torch.cuda.set_device(device)
+    # --device cuda:1 must not put streams and graphs on GPU 0 (untested on a real second
+    # GPU: the machines lent so far have one).
+    make_current(device)
     dtype = pick_dtype(options, device)
     layout = CheckpointLayout(Path(options.checkpoint_dir))
     config = unet_config_for(options.version, options.model_size)
