@@ -59,10 +59,11 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
         output = args.work / f"{mode}_{k}.mp4"
+        timeline = Timeline()
         torch.cuda.synchronize()
-        started = time.perf_counter()
+        started = timeline.started = time.perf_counter()
         report = engine.run(args.video, args.audio, output, sampling=sampling, clock=clock,
-                            landmarks_cache=args.landmarks)
+                            landmarks_cache=args.landmarks, on_progress=timeline)
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
         result["runs"].append({
@@ -72,6 +73,7 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
             **_regions_compiled(engine),
+            "progress_s": timeline.as_dict(),
         })
         result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
         print(mode, result["runs"][-1], flush=True)
@@ -79,6 +81,24 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+class Timeline:
+    """When each stage reported its first and its last frames, in seconds from the job's
+    start: where a slow job waits (a late first chunk, a long tail after the GPU's last)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = round(time.perf_counter() - self.started, 3)
+        self.first.setdefault(stage, now)
+        self.last[stage] = now
+
+    def as_dict(self) -> dict:
+        return {stage: {"first": self.first[stage], "last": self.last[stage]} for stage in self.first}
 
 
 def _regions_compiled(engine) -> dict:
