@@ -109,8 +109,8 @@ class FastPredictor(PlainPredictor):
 @contextlib.contextmanager
 def one_off_shapes(compiled: bool):
     """For a chunk shape seen once per job: compiled regions run eagerly, and cuDNN takes
-    its heuristic's algorithms instead of timing each new convolution shape (with
-    `cudnn.benchmark` on, that timing cost the first job after the warm-up seconds)."""
+    its heuristic's algorithms: timing every convolution of a new shape pays only when the
+    shape comes back, and a job's short last chunk has a length of its own."""
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
     try:
