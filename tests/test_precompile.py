@@ -139,6 +139,20 @@ def test_a_damaged_file_is_ignored_and_replaced(run, tmp_path, caplog):
     assert len(reread._read(precompile._call_key(m, args, {}))) == 1  # the file was rewritten whole
 
 
+def test_an_unwritable_cache_only_warns(tmp_path, caplog):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder should be")
+    compiler = precompile.RegionCompiler(blocked)
+    m = block(30)
+    compiler.install(m)
+    args = inputs()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="fastsync.accel.precompile"):
+        assert rel_err(m(*args), plain(m, *args)) < TOLERANCE  # the job goes on with the compiled block
+    assert compiler.stats.compiled == 1
+    assert "the next process compiles it again" in caplog.text
+    assert list(tmp_path.iterdir()) == [blocked]  # no partial file left behind
+
+
 def test_compile_regions_installs_the_store_on_every_region(tmp_path):
     from fastsync.accel.compile import REGIONS
     from fastsync.config import unet_config_for

@@ -16,6 +16,7 @@ mismatched file can cost time but never changes a result.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import io
@@ -137,11 +138,19 @@ class RegionCompiler:
         return variants
 
     def _write(self, key: str) -> None:
+        """Atomically: a concurrent reader sees the old file or the new one. A cache that
+        cannot be written (read-only, full) costs the next process a compile, not this job."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(pickle.dumps((key, self.blobs[key])))
-        os.replace(partial, path)  # atomic: a concurrent reader sees the old file or the new one
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(pickle.dumps((key, self.blobs[key])))
+            os.replace(partial, path)
+        except OSError as exc:
+            log.warning("could not keep a compiled region in %s (%s); the next process compiles it again",
+                        self.directory, exc)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
 
 
 def _serialize(fn) -> bytes:
