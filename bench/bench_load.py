@@ -54,6 +54,56 @@ def profile_components(checkpoint_dir: str) -> None:
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
 
 
+def unet_parts(checkpoint: str) -> dict[str, float]:
+    """Seconds of each step of `load_unet` before the copy to the GPU."""
+    import torch
+
+    from fastsync.config import unet_config_for
+    from fastsync.models import loading
+
+    seconds, started = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal started
+        seconds[name] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+
+    model = loading.build_unet_on_meta(unet_config_for("1.6", "full"))
+    lap("build_on_meta")
+    raw = loading._read_checkpoint(Path(checkpoint))
+    lap("torch_load_mmap")
+    state = loading._state_dict_of(raw, Path(checkpoint))
+    loading.diff_keys(loading.expected_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
+    lap("check_keys")
+    model.load_state_dict(state, strict=True, assign=True)
+    lap("assign")
+    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float16)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    lap("to_device_fp16")
+    return seconds
+
+
+def profile_unet(checkpoint: str, out: Path) -> None:
+    """The steps of load_unet twice (the second with cProfile), in this process."""
+    import cProfile
+    import io
+    import pstats
+
+    from bench.common import environment, save
+
+    first = unet_parts(checkpoint)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    second = unet_parts(checkpoint)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+    save({"environment": environment(), "first_s": first, "second_profiled_s": second}, out)
+    out.with_suffix(".txt").write_text(text.getvalue())
+    print(first, second, text.getvalue()[:6000], flush=True)
+
+
 def main() -> None:
     from bench.bench_cold_start import write_checkpoints
     from bench.common import environment, save
@@ -62,10 +112,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/fastsync-checkpoints"))
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--unet-parts", action="store_true",
+                        help="instead: time each step of load_unet, then profile it (writes --out and a .txt)")
     args = parser.parse_args()
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
         write_checkpoints(args.checkpoint_dir)
     checkpoint = str(args.checkpoint_dir / "latentsync_unet.pt")
+    if args.unet_parts:
+        return profile_unet(checkpoint, args.out)
     results = {"environment": environment(), "runs": []}
     for _ in range(args.repeat):  # alternate, so the page cache and clocks treat both alike
         for variant in VARIANTS:
