@@ -131,8 +131,8 @@ def main() -> None:
                              "(FastOptions.host_processes)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    # cudnn.benchmark stays at PyTorch's default (off, as in the reference) until fast mode's
-    # FastOptions.cudnn_benchmark turns it on; the reference mode runs first.
+    # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
+    # FastOptions.cudnn_benchmark turns it on (off by default); the reference mode runs first.
     sampling = SamplingOptions()  # official settings: 20 steps, guidance 1.5, DeepCache 3, seed 1247
     fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs)
     results = {"environment": environment(), "settings": {"resolution": 512, **sampling.__dict__},

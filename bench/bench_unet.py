@@ -60,7 +60,9 @@ def main() -> None:
                         help="comma-separated temporal attention backends; the first is the fast variants' "
                              "own, each further one adds a compiled_graph[<backend>] variant")
     args = parser.parse_args()
-    torch.backends.cudnn.benchmark = True
+    # fast mode's setting (the runs up to 2026-12-02 had it on; bench_cudnn found the same
+    # per-call times either way)
+    torch.backends.cudnn.benchmark = FastOptions().cudnn_benchmark
     dtype = torch.float16
     results: dict = {"environment": environment(), "tflop_per_forward": UNET_FORWARD_TFLOP, "variants": {}}
 

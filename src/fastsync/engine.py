@@ -58,8 +58,11 @@ class FastOptions:
     # forward 107.4 -> 98.4 ms (bench/results/temporal_attention_h200.json,
     # unet_h200_short_attention.json). CUDA only; elsewhere the model's default is kept.
     motion_attention: str = "triton-short"
-    # Let cuDNN time its convolution algorithms once per shape (the reference leaves it off).
-    cudnn_benchmark: bool = True
+    # Let cuDNN time its convolution algorithms once per shape, per process. Off, as in the
+    # reference: on an H200 the timing added 8.0 s to the first UNet forward and 2.5 s to
+    # the first VAE decode of every process, and the calls after it were no faster (UNet
+    # 177.0 against 177.4 ms, decode 74.2 against 73.8 ms; bench/results/cudnn_h200.json).
+    cudnn_benchmark: bool = False
     # Intra-op threads for the CPU-side torch and OpenCV work (warps, paste-back) when the
     # model runs on a GPU; 0 keeps the libraries' default of one per core. Fast mode already
     # runs that work in several threads beside x264's, so per-op thread teams oversubscribe.
