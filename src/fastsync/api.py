@@ -87,6 +87,32 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def warmup_from_args(args: argparse.Namespace) -> int:
+    """`fastsync warmup`: load fast mode and compile its blocks now, keeping them on disk
+    (e.g. while a container image is built), so later processes only load them."""
+    try:
+        sampling = SamplingOptions(deepcache_interval=args.deepcache_interval)
+    except ValueError as exc:
+        raise FastsyncError(str(exc), hint="see `fastsync warmup --help`") from exc
+    engine = LipSync.from_options(engine_options_from_args(args, mode="fast", fast=FastOptions()))
+    c = engine.components
+    print(f"models loaded on {c.device}: " + ", ".join(f"{k} {v:.1f} s" for k, v in c.load_timings.items()))
+    spent = engine.warm_up(sampling)
+    if not spent:
+        print(f"nothing to compile on {c.device}: fast mode compiles and captures CUDA graphs on a GPU only")
+        return 0
+    print(f"warm-up (compile, load and capture) {spent['warmup_compile_capture_s']:.1f} s")
+    store = c.cache.get("region_compiler")
+    if store is None:
+        print("this torch cannot keep compiled blocks on disk: later processes trace them again "
+              "(inductor's cache still spares them the code generation)")
+    else:
+        s = store.stats
+        print(f"compiled {s.compiled} blocks in {s.compile_s:.1f} s, loaded {s.loaded} from disk in {s.load_s:.1f} s; "
+              f"kept in {store.directory}")
+    return 0
+
+
 def _host_processes(args: argparse.Namespace) -> bool:
     """The command line's choice: --host-processes / --host-threads, else processes for a
     fast job on a GPU (measured faster there) and threads on a CPU. Safe here, unlike as a

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_app_options(p)
     p.set_defaults(func=_cmd_app)
 
+    p = sub.add_parser("warmup", help="compile fast mode now and keep it on disk, so later processes start sooner")
+    _add_model_options(p)
+    p.add_argument("--deepcache-interval", type=int, default=3,
+                   help="the DeepCache interval the jobs will use (default 3)")
+    p.set_defaults(func=_cmd_warmup, mode="fast", host_processes=False)
+
     p = sub.add_parser("download", help="fetch the official checkpoints from the Hugging Face hub")
     p.add_argument("--version", choices=["1.5", "1.6"], default="1.6")
     p.add_argument("--dir", type=Path, default=Path("checkpoints"))
@@ -133,6 +139,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         engine = LipSync.from_options(options)
         _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
     return 1 if failed else 0
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    from fastsync.api import warmup_from_args
+
+    return warmup_from_args(args)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
