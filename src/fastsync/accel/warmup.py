@@ -3,7 +3,8 @@
 In fast mode on a GPU, one chunk of synthetic faces and audio goes through the whole
 denoiser, so that compiled regions are built and the graphs for the standard chunk
 shape are captured before any real work; the profiler reports this apart from the
-steady state. The warm-up has its own generator: a job's noise is unaffected.
+steady state. The warm-up has its own generator: a job's noise is unaffected. One second of
+silence then goes through the audio features, whose first call is slow too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,28 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     denoiser(faces, audio)
     torch.cuda.synchronize()
     spent = {"warmup_compile_capture_s": round(time.perf_counter() - started, 3)}
+    spent["warmup_audio_s"] = _warm_audio(c, frames)
     store = c.cache.get("region_compiler")
     if store is not None:  # of which compiling regions, and loading them from disk
         spent |= {"regions_compile_s": round(store.stats.compile_s, 3), "regions_load_s": round(store.stats.load_s, 3)}
     return spent
+
+
+def _warm_audio(c: Components, frames: int) -> float:
+    """One second of silence through the mel and the whisper encoder: their first call in a
+    process sets up cuFFT and loads kernels (the audio stage took 0.40-0.45 s in the first job
+    after a warm-up without this, 0.02 s in later ones; bench/results/e2e_h200_first_job_*)."""
+    import numpy as np
+
+    from fastsync.audio.features import LazyAudioFeatures
+    from fastsync.audio.mel import SAMPLE_RATE
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        silence = np.zeros(SAMPLE_RATE, np.float32)
+        chunks = LazyAudioFeatures.from_samples(silence, c.whisper, c.device).chunks(0, frames)
+    if chunks.shape[0] != frames:
+        raise AssertionError(f"the audio warm-up made {chunks.shape[0]} chunks, not {frames}")
+    if c.device.type == "cuda":
+        torch.cuda.synchronize()
+    return round(time.perf_counter() - started, 3)
