@@ -153,6 +153,23 @@ def test_an_unwritable_cache_only_warns(tmp_path, caplog):
     assert list(tmp_path.iterdir()) == [blocked]  # no partial file left behind
 
 
+def test_a_failed_ahead_of_time_compile_falls_back_to_torch_compile(tmp_path, caplog, monkeypatch):
+    compiler = precompile.RegionCompiler(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("aot_compile is broken in this torch")
+
+    monkeypatch.setattr(compiler, "_compile", broken)
+    m = block(40)
+    compiler.install(m)
+    args = inputs()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="fastsync.accel.precompile"):
+        for _ in range(2):  # the second call reuses the lazily compiled function
+            assert rel_err(m(*args), plain(m, *args)) < TOLERANCE
+    assert caplog.text.count("could not compile ResnetBlock ahead of time") == 1
+    assert len(compiler.lazy) == 1 and not list(tmp_path.iterdir())
+
+
 def test_compile_regions_installs_the_store_on_every_region(tmp_path):
     from fastsync.accel.compile import REGIONS
     from fastsync.config import unet_config_for

@@ -11,7 +11,8 @@ Regions of one class with the same parameter and input shapes share one compiled
 the module is its first argument, so its parameters are graph inputs. Each function keeps
 Dynamo's own guards (shapes, strides, dtypes, attribute values, grad mode). A call that
 fails them compiles one more variant, as Dynamo's recompilation would, so a stale or
-mismatched file can cost time but never changes a result.
+mismatched file can cost time but never changes a result. Where compiling ahead fails (the
+API is experimental), that block is compiled by plain `torch.compile` instead, with a warning.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class RegionCompiler:
         self.directory = Path(directory)
         self.functions: dict[str, list] = {}  # key -> compiled variants
         self.blobs: dict[str, list[bytes]] = {}  # key -> the same, serialized
+        self.lazy: dict[str, object] = {}  # key -> plain torch.compile, where compiling ahead failed
         self.stats = RegionStats()
 
     def install(self, module: nn.Module) -> None:
@@ -86,6 +88,8 @@ class RegionCompiler:
 
     def __call__(self, plain, module: nn.Module, args: tuple, kwargs: dict):
         key = _call_key(module, args, kwargs)
+        if key in self.lazy:
+            return self.lazy[key](module, *args, **kwargs)
         variants = self.functions.get(key)
         if variants is None:
             variants = self._read(key)
@@ -93,7 +97,13 @@ class RegionCompiler:
         for fn in variants:
             if fn.guard_check(*call_args, **kwargs):
                 return fn(*call_args, **kwargs)
-        fn = self._compile(plain, call_args, kwargs)
+        try:
+            fn = self._compile(plain, call_args, kwargs)
+        except Exception as exc:  # an experimental torch API: the same compiler, lazily, then
+            log.warning("could not compile %s ahead of time (%s: %s); compiling it the usual way, "
+                        "so later processes trace it again", type(module).__qualname__, type(exc).__name__, exc)
+            self.lazy[key] = torch.compile(plain, fullgraph=True, dynamic=False)
+            return self.lazy[key](*call_args, **kwargs)
         variants.append(fn)
         self.blobs[key].append(_serialize(fn))
         self._write(key)
