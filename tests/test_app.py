@@ -276,10 +276,13 @@ def test_app_without_gradio_says_what_to_install(monkeypatch):
 def test_app_loads_the_engine_once_and_serves_on_the_given_address(engine, tmp_path, monkeypatch):
     import gradio as gr
 
-    loads, launches = [], []
+    loads, launches, events = [], [], []
     monkeypatch.setattr(LipSync, "from_options", lambda options: loads.append(options) or engine)
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launches.append(kw))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launches.append(kw) or events.append("launch"))
+    # on a GPU the warm-up compiles; here it stands in, to show it comes before the page opens
+    monkeypatch.setattr(engine, "warm_up", lambda *a, **k: events.append("warm") or {"warmup_compile_capture_s": 1.5})
     code, out, _ = run_cli(["app", *TINY, "--port", "7999", "--work-dir", str(tmp_path)])
     assert code == 0 and RANDOM_WEIGHTS_NOTE in out
     assert len(loads) == 1 and loads[0].random_weights and loads[0].model_size == "tiny"
     assert launches == [dict(server_name="127.0.0.1", server_port=7999, share=False, show_error=True)]
+    assert events == ["warm", "launch"] and "warmed up in 1.5 s" in out

@@ -14,6 +14,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from fastsync.app.ui import build_app
 
     engine = LipSync.from_options(engine_options_from_args(args))
+    # Compile and capture before the page opens (minutes the first time on a machine, seconds
+    # once fast mode's compiled blocks are on disk), so no visitor's first job waits for it.
+    spent = engine.warm_up()
+    if spent:
+        print(f"fastsync app: warmed up in {spent['warmup_compile_capture_s']:.1f} s", flush=True)
     runner = JobRunner(engine, work_dir=args.work_dir)
     print(f"fastsync app: {runner.describe()}; job files in {runner.work_dir}", flush=True)
     if runner.random_weights:
