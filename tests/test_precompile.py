@@ -170,6 +170,32 @@ def test_a_failed_ahead_of_time_compile_falls_back_to_torch_compile(tmp_path, ca
     assert len(compiler.lazy) == 1 and not list(tmp_path.iterdir())
 
 
+def test_changed_model_code_compiles_again(run, tmp_path, monkeypatch):
+    """Guards do not see source code: the key holds a digest of it, so an upgrade that changes
+    a block's forward does not run the old graph."""
+    directory = tmp_path / "regions"
+    shutil.copytree(run[0], directory)
+    monkeypatch.setattr(precompile, "_code_key", lambda: "models0000-after-an-upgrade")
+    fresh = precompile.RegionCompiler(directory)
+    m = block(50)
+    fresh.install(m)
+    args = inputs()
+    with torch.no_grad():
+        assert rel_err(m(*args), plain(m, *args)) < TOLERANCE
+    assert fresh.stats.loaded == 0 and fresh.stats.compiled == 1
+
+
+def test_the_source_digest_follows_every_file(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "b.py").write_text("y = 2\n")
+    files = sorted((tmp_path / "pkg").glob("*.py"))
+    before = precompile.source_digest(files, tmp_path)
+    (tmp_path / "pkg" / "b.py").write_text("y = 3\n")
+    assert precompile.source_digest(files, tmp_path) != before
+    assert "models" in precompile._code_key() and "diffusers" in precompile._code_key()
+
+
 def test_compile_regions_installs_the_store_on_every_region(tmp_path):
     from fastsync.accel.compile import REGIONS
     from fastsync.config import unet_config_for

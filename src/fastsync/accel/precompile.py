@@ -11,7 +11,9 @@ Regions of one class with the same parameter and input shapes share one compiled
 the module is its first argument, so its parameters are graph inputs. Each function keeps
 Dynamo's own guards (shapes, strides, dtypes, attribute values, grad mode). A call that
 fails them compiles one more variant, as Dynamo's recompilation would, so a stale or
-mismatched file can cost time but never changes a result. Where compiling ahead fails (the
+mismatched file can cost time but never changes a result. Guards do not look at source
+code, so the key also holds a digest of fastsync's model code and the diffusers version: an
+upgrade that changes a block's forward compiles it again instead of running the old graph. Where compiling ahead fails (the
 API is experimental), that block is compiled by plain `torch.compile` instead, with a warning.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import io
 import logging
@@ -183,10 +186,33 @@ def _module_key(module: nn.Module) -> str:
     if cached is None:
         tensors = [f"{n}:{_value_key(t)}" for n, t in (*module.named_parameters(), *module.named_buffers())]
         cls = type(module)
-        cached = ";".join([f"format{FORMAT}", f"torch{torch.__version__}", f"{cls.__module__}.{cls.__qualname__}",
-                           _device_key(), *tensors])
+        cached = ";".join([f"format{FORMAT}", f"torch{torch.__version__}", _code_key(),
+                           f"{cls.__module__}.{cls.__qualname__}", _device_key(), *tensors])
         module.__dict__["_fastsync_region_key"] = cached
     return cached
+
+
+@functools.cache
+def _code_key() -> str:
+    """The code Dynamo traced into the graphs: fastsync's model package and the Triton
+    attention op's registration (its output layout is traced), and diffusers' (the VAE's
+    blocks) by its version. torch's own code is covered by its version."""
+    import diffusers
+
+    from fastsync import models
+    from fastsync.accel import short_attention
+
+    package = Path(models.__file__).parent
+    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
+    return f"models{source_digest(files, package.parent)}-diffusers{diffusers.__version__}"
+
+
+def source_digest(files: list[Path], root: Path) -> str:
+    """sha256 (16 hex digits) over the names (relative to `root`) and bytes of `files`."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _device_key() -> str:
