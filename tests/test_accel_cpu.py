@@ -359,16 +359,3 @@ def test_the_triton_motion_attention_is_cuda_only(unet):
                                                                        motion_attention="triton-short")))
     temporal = [m for m in switched.modules() if isinstance(m, TemporalSelfAttention)]
     assert temporal and all(m.backend is None for m in temporal)
-
-
-def test_the_audio_warm_up_runs_the_mel_and_the_encoder():
-    """warm_up's audio part (on a GPU it runs after the compile warm-up); here on the CPU,
-    with the real whisper-tiny architecture and random weights."""
-    from fastsync.accel.warmup import _warm_audio
-    from fastsync.models.whisper import random_whisper_encoder
-
-    c = SimpleNamespace(whisper=random_whisper_encoder().eval(), device=torch.device("cpu"))
-    with torch.inference_mode():
-        assert _warm_audio(c, 16) > 0
-        with pytest.raises(AssertionError, match=r"made 2\d chunks, not 40"):  # 1 s of audio: about 25 frames
-            _warm_audio(c, 40)
