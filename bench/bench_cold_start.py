@@ -72,8 +72,11 @@ def _import_environment() -> dict:
         transformers = metadata.version("transformers")
     except metadata.PackageNotFoundError:
         transformers = None
+    from bench.bench_import import bytecode_shipped
+
     return {"transformers_installed": transformers,
-            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")}
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+            "bytecode_shipped": bytecode_shipped()}
 
 
 def main() -> None:

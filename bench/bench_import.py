@@ -7,6 +7,15 @@ exported with `git archive`; the runs of both trees alternate, so that a backgro
 on the machine weighs on both alike.
 
     python -m bench.bench_import --before 23f3fc7 --out bench/results/import_cpu.json
+
+With --bytecode it asks instead what bytecode files are worth: the heavy import chain of
+fast mode (torch, torch._dynamo, torch._inductor, diffusers) runs as this machine has it,
+with no bytecode (an empty `-X pycache_prefix` and PYTHONDONTWRITEBYTECODE=1: every module
+compiled from source) and with a bytecode cache filled by one earlier run. It also records
+whether each package ships bytecode for this interpreter. The GPU image sets
+PYTHONDONTWRITEBYTECODE=1, so a missing bytecode file there is compiled again in every process.
+
+    python -m bench.bench_import --bytecode --out bench/results/import_bytecode.json
 """
 
 from __future__ import annotations
@@ -117,13 +126,64 @@ def measure(trees: dict[str, Path], repeat: int) -> dict:
     return results
 
 
+HEAVY_CHAIN = "import torch, torch._dynamo, torch._inductor.compile_fx, diffusers"
+PACKAGES = ("torch", "torch._dynamo", "torch._inductor", "sympy", "diffusers", "transformers", "av")
+
+
+def bytecode_shipped() -> dict[str, bool | None]:
+    """Whether each package's __init__ has a bytecode file for this interpreter (None: not installed)."""
+    import importlib.util
+
+    shipped: dict[str, bool | None] = {}
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        shipped[name] = None if spec is None or not spec.origin else \
+            Path(importlib.util.cache_from_source(spec.origin)).is_file()
+    return shipped
+
+
+def _time_chain(extra_args: list[str], env_extra: dict) -> float:
+    script = _CHILD.format(code=HEAVY_CHAIN, heavy=HEAVY)
+    env = dict(_child_env(ROOT / "src"), **env_extra)
+    done = subprocess.run([sys.executable, *extra_args, "-c", script], env=env, capture_output=True, text=True,
+                          check=True, cwd=tempfile.gettempdir())
+    return json.loads(done.stdout.strip().splitlines()[-1])["s"]
+
+
+def measure_bytecode(repeat: int) -> dict:
+    with tempfile.TemporaryDirectory() as empty_root, tempfile.TemporaryDirectory() as filled:
+        _time_chain(["-X", f"pycache_prefix={filled}"], {"PYTHONDONTWRITEBYTECODE": ""})  # fills it
+        settings = {
+            "as_installed": ([], {}),
+            "no_bytecode": (None, {"PYTHONDONTWRITEBYTECODE": "1"}),
+            "bytecode_cache": (["-X", f"pycache_prefix={filled}"], {"PYTHONDONTWRITEBYTECODE": "1"}),
+        }
+        runs: dict[str, list[float]] = {name: [] for name in settings}
+        for i in range(repeat):
+            for name, (args, env_extra) in settings.items():
+                if args is None:  # a fresh empty prefix each time: nothing to read, nothing written
+                    args = ["-X", f"pycache_prefix={Path(empty_root) / str(i)}"]
+                runs[name].append(_time_chain(args, env_extra))
+                print(f"{name:15s} {runs[name][-1]:.2f} s", flush=True)
+    return {"code": HEAVY_CHAIN, "bytecode_shipped": bytecode_shipped(),
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+            **{name: {"median_s": round(statistics.median(r), 3), "runs_s": [round(x, 3) for x in r]}
+               for name, r in runs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="a commit to measure beside this checkout's src")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bytecode", action="store_true", help="measure bytecode files instead (see above)")
     parser.add_argument("--note", default="", help="free text stored in the JSON (machine, caveats)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/import.json"))
     args = parser.parse_args()
+    if args.bytecode:
+        save({"environment": environment(), "note": args.note, "repeat": args.repeat,
+              "bytecode": measure_bytecode(args.repeat)}, args.out)
+        print(f"wrote {args.out}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": export_commit(args.before, Path(tmp))} if args.before else {}
         trees["after"] = ROOT / "src"

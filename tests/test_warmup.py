@@ -37,12 +37,14 @@ class RecordingVAE:
         return self.vae.decode(z)
 
 
-def _components(calls: list) -> Components:
-    fast = FastOptions(compile=False, cuda_graphs=False, host_processes=False)
+def _components(calls: list | None, res: int = RES, **fast) -> Components:
+    """Tiny fast-mode components on the CPU; with `calls`, the VAE logs its calls there."""
+    fast = FastOptions(**{"compile": False, "cuda_graphs": False, "host_processes": False, **fast})
     options = EngineOptions(random_weights=True, model_size="tiny", device="cpu", mode="fast", fast=fast)
-    mask = torch.from_numpy(mask_for_resolution(RES)).float()
+    mask = torch.from_numpy(mask_for_resolution(res)).float()
     unet = random_unet(UNET_PRESETS["tiny"], seed=5)
-    vae = RecordingVAE(random_vae("tiny", seed=3), calls)
+    vae = random_vae("tiny", seed=3)
+    vae = vae if calls is None else RecordingVAE(vae, calls)
     return Components(unet, vae, None, make_scheduler(), None, mask, torch.device("cpu"), torch.float32, options)
 
 
@@ -60,14 +62,15 @@ def _record_passes(c: Components, sampling: SamplingOptions, calls: list) -> Non
         setattr(cache, name, logged)
 
 
-def _job_chunk(c: Components, sampling: SamplingOptions) -> None:
+def _job_chunk(c: Components, sampling: SamplingOptions) -> torch.Tensor:
     predict, reset = make_predictor(c, sampling)
     denoiser = ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, sampling, device=c.device, dtype=c.dtype,
                              batch_vae=c.options.fast.batch_vae, vae_micro_batch=c.options.fast.vae_micro_batch,
                              on_chunk_start=reset)
     g = torch.Generator().manual_seed(1)
-    faces = torch.randint(0, 256, (FRAMES, 3, RES, RES), dtype=torch.uint8, generator=g)
-    denoiser(faces, torch.randn(FRAMES, 50, 384, generator=g))
+    res = c.mask.shape[-1]
+    faces = torch.randint(0, 256, (FRAMES, 3, res, res), dtype=torch.uint8, generator=g)
+    return denoiser(faces, torch.randn(FRAMES, 50, 384, generator=g))
 
 
 @pytest.mark.parametrize("interval", [3, 1, 25])

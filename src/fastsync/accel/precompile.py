@@ -77,6 +77,30 @@ class RegionCompiler:
         self.blobs: dict[str, list[bytes]] = {}  # key -> the same, serialized
         self.lazy: dict[str, object] = {}  # key -> plain torch.compile, where compiling ahead failed
         self.stats = RegionStats()
+        # While deferring: calls that would compile run eagerly and go to this callable
+        # instead, as (key, module, args, kwargs): fastsync.accel.parallel_compile.
+        self.deferred = None
+
+    @contextlib.contextmanager
+    def deferring(self, collect):
+        """Calls that would compile run eagerly instead, and `collect(key, module, args, kwargs)` sees each."""
+        self.deferred = collect
+        try:
+            yield
+        finally:
+            self.deferred = None
+
+    def add_compiled(self, key: str, blobs: list[bytes]) -> None:
+        """Take functions compiled elsewhere for `key` (serialized) and keep them on disk too."""
+        started = time.perf_counter()
+        fns = [torch.compiler.load_compiled_function(io.BytesIO(blob)) for blob in blobs]
+        for fn in fns:
+            fn.disable_guard_check()
+        self.functions.setdefault(key, []).extend(fns)
+        self.blobs.setdefault(key, []).extend(blobs)
+        self.stats.loaded += len(fns)
+        self.stats.load_s += time.perf_counter() - started
+        self._write(key)
 
     def install(self, module: nn.Module) -> None:
         """Route `module`'s calls through this compiler (a bound method, so deepcopy rebinds it)."""
@@ -100,6 +124,9 @@ class RegionCompiler:
         for fn in variants:
             if fn.guard_check(*call_args, **kwargs):
                 return fn(*call_args, **kwargs)
+        if self.deferred is not None:
+            self.deferred(key, module, args, kwargs)
+            return plain(module, *args, **kwargs)
         try:
             fn = self._compile(plain, call_args, kwargs)
         except Exception as exc:  # an experimental torch API: the same compiler, lazily, then
@@ -108,7 +135,7 @@ class RegionCompiler:
             self.lazy[key] = torch.compile(plain, fullgraph=True, dynamic=False)
             return self.lazy[key](*call_args, **kwargs)
         variants.append(fn)
-        self.blobs[key].append(_serialize(fn))
+        self.blobs[key].append(serialize(fn))
         self._write(key)
         return fn(*call_args, **kwargs)
 
@@ -116,8 +143,7 @@ class RegionCompiler:
 
     def _compile(self, plain, call_args: tuple, kwargs: dict):
         started = time.perf_counter()
-        with torch._dynamo.config.patch(enable_aot_compile=True):
-            fn = torch.compile(plain, fullgraph=True, dynamic=False).aot_compile((call_args, kwargs))
+        fn = compile_ahead(plain, call_args, kwargs)
         fn.disable_guard_check()  # checked by __call__ itself, once
         self.stats.compiled += 1
         self.stats.compile_s += time.perf_counter() - started
@@ -166,7 +192,13 @@ class RegionCompiler:
                 partial.unlink(missing_ok=True)
 
 
-def _serialize(fn) -> bytes:
+def compile_ahead(plain, call_args: tuple, kwargs: dict):
+    """`plain(*call_args, **kwargs)` compiled ahead of time, guards included."""
+    with torch._dynamo.config.patch(enable_aot_compile=True):
+        return torch.compile(plain, fullgraph=True, dynamic=False).aot_compile((call_args, kwargs))
+
+
+def serialize(fn) -> bytes:
     from torch._dynamo.aot_compile import AOTCompiledFunction
 
     return AOTCompiledFunction.serialize(fn).serialized_data
@@ -194,16 +226,16 @@ def _module_key(module: nn.Module) -> str:
 
 @functools.cache
 def _code_key() -> str:
-    """The code Dynamo traced into the graphs: fastsync's model package and the Triton
-    attention op's registration (its output layout is traced), and diffusers' (the VAE's
+    """The code Dynamo traced into the graphs: fastsync's model package, the Triton
+    attention op's registration (its output layout is traced), the fp8 linear, and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
     import diffusers
 
     from fastsync import models
-    from fastsync.accel import short_attention
+    from fastsync.accel import fp8, short_attention
 
     package = Path(models.__file__).parent
-    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
+    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__), Path(fp8.__file__)]
     return f"models{source_digest(files, package.parent)}-diffusers{diffusers.__version__}"
 
 

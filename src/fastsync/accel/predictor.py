@@ -135,12 +135,21 @@ def make_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredi
     return predictor, predictor.reset
 
 
-def _build(c: Components, sampling: SamplingOptions) -> PlainPredictor:
+def graphless_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredictor, Callable[[], None]]:
+    """A predictor like the job's but never capturing CUDA graphs, and not kept: for a warm-up
+    pass whose regions run eagerly (a graph captured then would keep the eager kernels)."""
+    predictor = _build(c, sampling, cuda_graphs=False)
+    return predictor, predictor.reset
+
+
+def _build(c: Components, sampling: SamplingOptions, *, cuda_graphs: bool | None = None) -> PlainPredictor:
+    """cuda_graphs: None = as the options say."""
     fast = c.options.fast
     if c.options.mode != "fast":
         predictor = PlainPredictor(c.unet, sampling.deepcache_interval)
     else:
         predictor = FastPredictor(c.unet, sampling.deepcache_interval, channels_last=fast.channels_last,
-                                  cuda_graphs=fast.cuda_graphs, compiled=fast.compile,
+                                  cuda_graphs=fast.cuda_graphs if cuda_graphs is None else cuda_graphs,
+                                  compiled=fast.compile,
                                   num_frames=sampling.num_frames)
     return predictor

@@ -5,7 +5,11 @@ denoiser, so that compiled regions are built and the graphs for the standard chu
 shape are captured before any real work; the profiler reports this apart from the
 steady state. The chunk takes two denoising steps, not the job's twenty: a full DeepCache
 step and a cached one call every kernel a job calls (the steps differ only in their
-timestep's value), so the other eighteen would only repeat replays. The warm-up has its own generator: a job's noise is unaffected. One second of
+timestep's value), so the other eighteen would only repeat replays.
+
+Where regions still have to be compiled, a first pass runs them eagerly while listing them,
+worker processes compile them side by side (fastsync.accel.parallel_compile), and the
+chunk then runs compiled and captures its graphs. The warm-up has its own generator: a job's noise is unaffected. One second of
 silence then goes through the audio features, whose first call is slow too.
 """
 
@@ -27,9 +31,10 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     if c.options.mode != "fast" or c.device.type != "cuda":
         return {}
     started = time.perf_counter()
+    spent = _compile_side_by_side(c, sampling)
     warm_chunk(c, sampling)
     torch.cuda.synchronize()
-    spent = {"warmup_compile_capture_s": round(time.perf_counter() - started, 3)}
+    spent["warmup_compile_capture_s"] = round(time.perf_counter() - started, 3)
     spent["warmup_audio_s"] = _warm_audio(c, sampling.num_frames)
     store = c.cache.get("region_compiler")
     if store is not None:  # of which compiling regions, and loading them from disk
@@ -37,11 +42,30 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     return spent
 
 
-def warm_chunk(c: Components, sampling: SamplingOptions) -> None:
-    """One synthetic chunk of the job's shape through the job's predictor, in WARM_STEPS steps."""
-    from fastsync.accel.predictor import make_predictor
+def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str, float]:
+    from fastsync.accel.parallel_compile import SideBySide, default_workers
 
-    predict, reset = make_predictor(c, sampling)  # the job's own predictor: its graphs are kept
+    store = c.cache.get("region_compiler")
+    workers = c.options.fast.compile_workers
+    workers = default_workers() if workers < 0 else workers
+    if store is None or workers < 2:
+        return {}
+    with SideBySide(store, workers) as side, store.deferring(side):
+        warm_chunk(c, sampling, graphs=False)  # regions that would compile run eagerly, listed
+    if not side.stats.submitted:  # every region came from disk
+        return {}
+    stats = side.stats
+    return {"regions_parallel_s": round(stats.wall_s, 3), "regions_parallel_workers": stats.workers,
+            "regions_parallel_submitted": stats.submitted, "regions_parallel_compiled": stats.compiled}
+
+
+def warm_chunk(c: Components, sampling: SamplingOptions, *, graphs: bool = True) -> None:
+    """One synthetic chunk of the job's shape through the job's predictor, in WARM_STEPS steps.
+    graphs=False: through a predictor like it that captures no CUDA graphs."""
+    from fastsync.accel.predictor import graphless_predictor, make_predictor
+
+    # the job's own predictor, so that its graphs are kept
+    predict, reset = make_predictor(c, sampling) if graphs else graphless_predictor(c, sampling)
     short = dataclasses.replace(sampling, steps=min(sampling.steps, WARM_STEPS))
     denoiser = ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, short, device=c.device, dtype=c.dtype,
                              batch_vae=c.options.fast.batch_vae,

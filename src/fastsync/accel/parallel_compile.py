@@ -1,0 +1,285 @@
+"""Compile the regions a warm-up needs in worker processes at once, not one after another.
+
+A first process on an H200 spent 112 s compiling 41 region functions, one after another
+(bench/results/cold_start_h200_precompile.json). Tracing and lowering a region is Python
+work, so one process compiles one region at a time however many cores it has. Here the
+warm-up first runs with the RegionCompiler deferring (every region that would compile runs
+eagerly and is listed), each listed call is compiled in one of a few worker processes as
+soon as it is listed, and the main process loads the results as it would load the files of
+a previous process.
+
+The workers are plain `python -m fastsync.accel.parallel_compile` processes, not
+multiprocessing ones: those import the program's main script again, which would run a
+user's unguarded script in every worker.
+
+A worker does not need the weights, only their layout: compiling depends on shapes,
+strides, dtypes and the module's other attributes, never on tensor values. So the module
+and its example inputs travel pickled with every tensor replaced by its layout, and the
+worker rebuilds zero-filled tensors of that layout. Whatever a worker cannot do (a module
+that does not pickle, a compile that fails, a worker that dies) is left to the main
+process, which compiles it on its next call as before: this can cost time, never a result.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fastsync.accel import precompile
+
+log = logging.getLogger(__name__)
+_SKIPPED_ATTRIBUTES = ("forward", "_fastsync_region_key")  # the RegionCompiler's own additions
+
+
+def default_workers() -> int:
+    """Half the cores (each worker's inductor also compiles kernels in threads), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    ident: int  # one per tensor object: a tensor passed twice comes back as one (Dynamo guards aliasing)
+    parameter: bool
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: str
+    requires_grad: bool
+    inference: bool
+
+
+def _zeros(layout: _Layout) -> Tensor:
+    return torch.empty_strided(layout.shape, layout.stride, dtype=layout.dtype, device=layout.device).zero_()
+
+
+class _LayoutPickler(pickle.Pickler):
+    """Pickles tensors as their layout, and region modules without the compiler's hooks."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idents: dict[int, int] = {}
+        self.kept: list[Tensor] = []  # alive until dumped, so no id() is reused meanwhile
+
+    def persistent_id(self, obj):
+        if isinstance(obj, Tensor):
+            ident = self.idents.setdefault(id(obj), len(self.idents))
+            self.kept.append(obj)
+            return _Layout(ident, isinstance(obj, nn.Parameter), tuple(obj.shape), tuple(obj.stride()), obj.dtype,
+                           str(obj.device), obj.requires_grad, obj.is_inference())
+        return None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, nn.Module) and any(name in obj.__dict__ for name in _SKIPPED_ATTRIBUTES):
+            state = {k: v for k, v in obj.__dict__.items() if k not in _SKIPPED_ATTRIBUTES}
+            return _bare_module, (type(obj),), state
+        return NotImplemented
+
+
+class _LayoutUnpickler(pickle.Unpickler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.built: dict[int, Tensor] = {}
+
+    def persistent_load(self, layout: _Layout) -> Tensor:
+        if layout.ident not in self.built:
+            self.built[layout.ident] = self._build(layout)
+        return self.built[layout.ident]
+
+    @staticmethod
+    def _build(layout: _Layout) -> Tensor:
+        if layout.inference:
+            with torch.inference_mode():
+                return _zeros(layout)
+        t = _zeros(layout)
+        if layout.parameter:
+            return nn.Parameter(t, requires_grad=layout.requires_grad)
+        return t.requires_grad_(layout.requires_grad)
+
+
+def _bare_module(cls: type) -> nn.Module:
+    return cls.__new__(cls)
+
+
+def layout_payload(module: nn.Module, args: tuple, kwargs: dict) -> bytes:
+    """What a worker needs to compile `type(module).forward(module, *args, **kwargs)`."""
+    buffer = io.BytesIO()
+    state = {"grad": torch.is_grad_enabled(), "inference": torch.is_inference_mode_enabled()}
+    _LayoutPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((module, args, kwargs, state))
+    return buffer.getvalue()
+
+
+def compile_payload(payload: bytes) -> tuple[bytes, float]:
+    """In a worker: rebuild the call from its layout, compile it ahead, return it serialized."""
+    started = time.perf_counter()
+    module, args, kwargs, state = _LayoutUnpickler(io.BytesIO(payload)).load()
+    for t in (*module.parameters(), *module.buffers(), *args):
+        if isinstance(t, Tensor) and t.device.type == "cuda":
+            torch.cuda.set_device(t.device)
+            break
+    # Dynamo guards on the grad and inference modes: compile under the caller's.
+    with torch.inference_mode(state["inference"]), torch.set_grad_enabled(state["grad"]):
+        fn = precompile.compile_ahead(type(module).forward, (module, *args), kwargs)
+    return precompile.serialize(fn), time.perf_counter() - started
+
+
+def _worker_main(kernel_threads: int) -> None:
+    """A worker: compile each payload file named on stdin, answer on the original stdout."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever the compilers print goes to stderr, not into the replies
+    from fastsync.accel import short_attention
+    from fastsync.accel.compile import configure_inductor
+
+    configure_inductor()
+    import torch._inductor.config as inductor
+
+    inductor.compile_threads = kernel_threads
+    if torch.cuda.is_available() and short_attention.available():
+        short_attention.register()  # the motion modules' custom op, traced by name
+    replies.write("ready\n")
+    for line in sys.stdin:
+        task = Path(line.strip())
+        try:
+            blob, seconds = compile_payload(task.read_bytes())
+            partial = task.with_suffix(".partial")
+            partial.write_bytes(blob)
+            partial.replace(task.with_suffix(".out"))
+            replies.write(f"ok {seconds:.3f}\n")
+        except Exception as exc:  # noqa: BLE001 - reported; the main process compiles it instead
+            message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+            replies.write(f"error {message}\n")
+
+
+@dataclass
+class ParallelStats:
+    workers: int = 0
+    submitted: int = 0  # distinct calls sent to the workers
+    compiled: int = 0  # of which came back compiled
+    wall_s: float = 0.0  # from the first call listed to the last result loaded
+    worker_compile_s: float = 0.0  # summed over the workers
+
+
+class SideBySide:
+    """The `collect` of `RegionCompiler.deferring`: hands each new call to a free worker at
+    once, so that the workers start and compile while the listing pass still runs.
+
+        with SideBySide(store, 8) as side, store.deferring(side):
+            ...  # run the model once, eagerly
+        side.stats
+    """
+
+    def __init__(self, store: precompile.RegionCompiler, workers: int):
+        self.store = store
+        self.stats = ParallelStats(workers=workers)
+        self.tasks: queue.Queue = queue.Queue()
+        self.keys: dict[Path, str] = {}  # payload file -> its key
+        self.done: list[tuple[Path, float]] = []
+        self.seen: set[tuple[str, bytes]] = set()  # calls alike in key and layout compile once
+        self.folder: Path | None = None
+        self.drivers: list[threading.Thread] = []
+        self.processes: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+        self.started = 0.0
+
+    def __enter__(self) -> SideBySide:
+        return self
+
+    def __call__(self, key: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        try:
+            payload = layout_payload(module, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - anything unpicklable: the main process compiles it
+            log.warning("compiling %s in this process: it does not pickle (%s)", type(module).__qualname__, exc)
+            return
+        if (key, payload) in self.seen:
+            return
+        self.seen.add((key, payload))
+        if self.folder is None:
+            self._start()
+        task = self.folder / f"{len(self.keys)}.task"
+        task.write_bytes(payload)
+        self.keys[task] = key
+        self.tasks.put(task)
+        self.stats.submitted += 1
+
+    def _start(self) -> None:
+        self.started = time.perf_counter()
+        self.folder = Path(tempfile.mkdtemp(prefix="fastsync-compile-"))
+        threads = max(1, (os.cpu_count() or 2) // self.stats.workers)
+        # the parent's import path, so a worker finds every class the parent could unpickle
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        for _ in range(self.stats.workers):
+            process = subprocess.Popen([sys.executable, "-m", "fastsync.accel.parallel_compile", str(threads)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            self.processes.append(process)
+            driver = threading.Thread(target=self._drive, args=(process,), daemon=True,
+                                      name="fastsync-compile-driver")
+            driver.start()
+            self.drivers.append(driver)
+
+    def _drive(self, process: subprocess.Popen) -> None:
+        """Feed one worker a task at a time until the queue says stop or the worker dies."""
+        if process.stdout.readline().strip() != "ready":
+            log.warning("a compile worker did not start (exit code %s)", process.wait())
+            return
+        while (task := self.tasks.get()) is not None:
+            process.stdin.write(f"{task}\n")
+            process.stdin.flush()
+            reply = process.stdout.readline().strip()
+            if reply.startswith("ok "):
+                with self.lock:
+                    self.done.append((task, float(reply[3:])))
+                continue
+            if reply.startswith("error "):
+                log.warning("a compile worker failed (%s); that region compiles in this process", reply[6:])
+                continue
+            log.warning("a compile worker stopped (exit code %s); its regions compile in this process",
+                        process.wait())
+            return
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.folder is None:
+            return
+        try:
+            for _ in self.drivers:
+                self.tasks.put(None)
+            if kind is not None:  # the listing pass failed: stop now, keep nothing
+                for process in self.processes:
+                    process.kill()
+            for driver in self.drivers:
+                driver.join()
+            if kind is None:
+                self._collect()
+        finally:
+            for process in self.processes:
+                if process.stdin:
+                    process.stdin.close()
+                process.wait()
+                process.stdout.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.stats.wall_s = time.perf_counter() - self.started
+
+    def _collect(self) -> None:
+        compiled: dict[str, list[bytes]] = {}
+        for task, seconds in sorted(self.done, key=lambda done: int(done[0].stem)):  # in listing order
+            compiled.setdefault(self.keys[task], []).append(task.with_suffix(".out").read_bytes())
+            self.stats.compiled += 1
+            self.stats.worker_compile_s += seconds
+        for key, blobs in compiled.items():
+            self.store.add_compiled(key, blobs)
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]))

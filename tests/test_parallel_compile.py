@@ -1,0 +1,157 @@
+"""Regions compiled side by side in worker processes (fastsync.accel.parallel_compile), on the CPU.
+
+The workers get each region's layout, never its weights, and compile it as the main process
+would. What matters: the listing pass runs the plain modules exactly; afterwards the main
+process runs every region compiled without compiling anything itself, within float rounding
+of eager (1e-5 of the output's scale, as in test_precompile.py); the files it wrote serve a
+later compiler; and a worker that fails leaves that region to the main process.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from fastsync.accel import parallel_compile, precompile
+from fastsync.models.resnet import ResnetBlock
+from test_precompile import TOLERANCE, block, inputs, plain, rel_err
+from test_warmup import FRAMES, _components, _job_chunk
+
+pytestmark = [
+    pytest.mark.skipif(not precompile.supported(), reason="this torch cannot compile ahead of time"),
+    pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler on the CPU"),
+]
+
+
+def _blocks() -> dict[str, ResnetBlock]:
+    """Two alike (one compile between them), one wider, one with a scale the graph bakes in."""
+    return {"a": block(0), "b": block(1), "wide": block(2, channels=24), "scaled": block(3, scale=2.0)}
+
+
+def _args(name: str):
+    return inputs(24 if name == "wide" else 16)
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("regions")
+    store = precompile.RegionCompiler(directory)
+    blocks = _blocks()
+    for m in blocks.values():
+        store.install(m)
+    listed = {}
+    with torch.no_grad(), parallel_compile.SideBySide(store, 2) as side, store.deferring(side):
+        for name, m in blocks.items():
+            listed[name] = (m(*_args(name)), plain(m, *_args(name)))
+    after = {}
+    with torch.no_grad():
+        for name, m in blocks.items():
+            after[name] = (m(*_args(name)), plain(m, *_args(name)))
+    return directory, store, side.stats, listed, after
+
+
+def test_the_listing_pass_runs_the_plain_modules(side_by_side):
+    _, _, _, listed, _ = side_by_side
+    for name, (ours, eager) in listed.items():
+        assert torch.equal(ours, eager), name
+
+
+def test_the_workers_compile_every_distinct_call_and_the_main_process_none(side_by_side):
+    directory, store, stats, _, after = side_by_side
+    assert stats.workers == 2 and stats.submitted == 3 and stats.compiled == 3  # a and b are one call
+    assert stats.worker_compile_s > 0
+    assert store.stats.compiled == 0 and store.stats.loaded == 3
+    for name, (compiled, eager) in after.items():
+        assert rel_err(compiled, eager) < TOLERANCE, name
+    # the bound can fail: another block's weights are far outside it
+    assert rel_err(after["a"][0], after["b"][1]) > 100 * TOLERANCE
+    assert len(list(directory.glob("*.bin"))) == 2  # a's key holds a's and scaled's variants
+
+
+def test_a_later_compiler_loads_what_the_workers_made(side_by_side):
+    directory = side_by_side[0]
+    fresh = precompile.RegionCompiler(directory)
+    with torch.no_grad():
+        for name, m in _blocks().items():
+            fresh.install(m)
+            assert rel_err(m(*_args(name)), plain(m, *_args(name))) < TOLERANCE, name
+    assert fresh.stats.compiled == 0 and fresh.stats.loaded == 3
+
+
+def test_the_payload_keeps_layouts_aliasing_and_modes_not_values():
+    m = block(4).to(memory_format=torch.channels_last)
+    precompile.RegionCompiler("/nonexistent").install(m)  # its hook must not travel
+    x = torch.randn(1, 16, 2, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        temb = torch.randn(1, 32)
+        payload = parallel_compile.layout_payload(m, (x, temb, x), {"scale": 1.5})
+    module, args, kwargs, modes = parallel_compile._LayoutUnpickler(io.BytesIO(payload)).load()
+    assert "forward" not in module.__dict__ and type(module) is ResnetBlock
+    for (name, ours), (_, theirs) in zip(module.named_parameters(), m.named_parameters()):
+        assert isinstance(ours, nn.Parameter), name
+        assert (ours.shape, ours.stride(), ours.dtype) == (theirs.shape, theirs.stride(), theirs.dtype), name
+        assert not ours.any()  # zeros: the values stay home
+    assert args[0] is args[2] and args[0].stride() == x.stride()
+    assert args[1].is_inference() and not args[0].is_inference()
+    assert kwargs == {"scale": 1.5} and modes == {"grad": False, "inference": True}
+
+
+class _FailsInAWorker(nn.Module):
+    """Unpickles only in the process that made it: a worker that cannot rebuild its call."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.home = os.getpid()
+
+    def __setstate__(self, state):
+        if state["home"] != os.getpid():
+            raise RuntimeError("this module cannot leave its process")
+        super().__setstate__(state)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def test_a_failed_worker_leaves_the_region_to_the_main_process(tmp_path, caplog):
+    store = precompile.RegionCompiler(tmp_path)
+    m = _FailsInAWorker().eval()
+    store.install(m)
+    x = torch.randn(4, 8)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="fastsync.accel.parallel_compile"):
+        with parallel_compile.SideBySide(store, 2) as side, store.deferring(side):
+            assert torch.equal(m(x), plain(m, x))
+        assert side.stats.submitted == 1 and side.stats.compiled == 0
+        assert "a compile worker failed" in caplog.text
+        assert rel_err(m(x), plain(m, x)) < TOLERANCE
+    assert store.stats.compiled == 1  # compiled here, on its next call
+
+
+def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(tmp_path):
+    """The tiny UNet and VAE, every region installed, through the warm-up's side-by-side phase.
+    At 128 px no latent is 1x1: an eager size-1 dimension can carry other strides than a compiled
+    one, so a 64 px model would meet one region again in another layout and compile it here."""
+    from fastsync.accel.compile import compile_regions, compile_vae_regions, eager_context
+    from fastsync.accel.warmup import _compile_side_by_side
+    from fastsync.denoise import SamplingOptions
+
+    c = _components(None, res=128, compile=True, compile_workers=2)
+    store = c.cache["region_compiler"] = precompile.RegionCompiler(tmp_path)
+    assert compile_regions(c.unet, store=store) and compile_vae_regions(c.vae, store=store)
+    sampling = SamplingOptions(steps=20, num_frames=FRAMES)
+    with torch.inference_mode():
+        spent = _compile_side_by_side(c, sampling)
+        assert spent["regions_parallel_workers"] == 2
+        assert spent["regions_parallel_compiled"] == spent["regions_parallel_submitted"] > 10
+        assert store.stats.compiled == 0
+        compiled = _job_chunk(c, sampling)  # a job's chunk: every region loaded, none compiled here
+        assert store.stats.compiled == 0 and store.stats.loaded == spent["regions_parallel_compiled"]
+        with eager_context():
+            eager = _job_chunk(c, sampling)
+    assert rel_err(compiled, eager) < 1e-4  # 20 steps of fp32 rounding in other orders
