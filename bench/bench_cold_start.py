@@ -7,9 +7,10 @@ compile cache; the second finds the first one's cache on disk (what a user's sec
 sees). Both read the checkpoint from the page cache, as a second run would. Each child
 prints one JSON line.
 
-`--variants precompile,lazy` runs the pair once per variant, each with its own empty cache:
-with the compiled regions kept on disk whole (FastOptions.precompile, the default) and with
-plain lazy torch.compile, side by side in one run.
+`--variants precompile,sequential,lazy` runs the pair once per variant, each with its own
+empty cache, side by side in one run: the defaults (compiled regions kept on disk whole,
+FastOptions.precompile, and compiled by worker processes side by side); the same compiled
+one after another in the process (compile_workers=0); plain lazy torch.compile.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -37,7 +38,10 @@ def write_checkpoints(root: Path) -> None:
     save_layout(root, random_unet(unet_config_for("1.6", "full")), random_whisper_encoder(), random_vae("full"))
 
 
-def child(checkpoint_dir: str, precompile: bool) -> None:
+VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}}
+
+
+def child(checkpoint_dir: str, variant: str) -> None:
     started = time.perf_counter()
     import torch
 
@@ -50,7 +54,7 @@ def child(checkpoint_dir: str, precompile: bool) -> None:
     torch.cuda.init()
     cuda_ready = time.perf_counter()
     engine = LipSync.from_options(EngineOptions(checkpoint_dir=checkpoint_dir, device="cuda", mode="fast",
-                                                fast=FastOptions(precompile=precompile)))
+                                                fast=FastOptions(**VARIANTS[variant])))
     torch.cuda.synchronize()
     loaded = time.perf_counter()
     warm = engine.warm_up(SamplingOptions())
@@ -87,7 +91,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="/tmp/fastsync-inductor-cold")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/fastsync-checkpoints"))
     parser.add_argument("--variants", default="precompile", type=lambda v: v.split(","),
-                        help="precompile and/or lazy: FastOptions.precompile on or off, one pair of processes each")
+                        help=f"any of {', '.join(VARIANTS)}: one pair of processes each")
     args = parser.parse_args()
     results = {"environment": environment(), "import_environment": _import_environment(), "processes": []}
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
@@ -102,8 +106,7 @@ def main() -> None:
         for name in ("first_process", "second_process"):
             started = time.perf_counter()
             command = [sys.executable, "-m", "bench.bench_cold_start", "--child", str(args.checkpoint_dir)]
-            proc = subprocess.run(command + (["--lazy"] if variant == "lazy" else []), env=env,
-                                  capture_output=True, text=True)
+            proc = subprocess.run([*command, variant], env=env, capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             entry = json.loads(line[-1]) if line else {"error": proc.stderr[-2000:]}
             entry["process_wall_s"] = round(time.perf_counter() - started, 2)
@@ -115,11 +118,16 @@ def main() -> None:
     if {"precompile", "lazy"} <= set(args.variants):
         results["ratios_lazy_over_precompile"] = {
             name: round(by[("lazy", name)] / by[("precompile", name)], 2) for name in ("first_process", "second_process")}
+    if {"precompile", "sequential"} <= set(args.variants):
+        results["ratios_sequential_over_precompile"] = {
+            name: round(by[("sequential", name)] / by[("precompile", name)], 2)
+            for name in ("first_process", "second_process")}
     save(results, args.out)
 
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        child(sys.argv[sys.argv.index("--child") + 1], precompile="--lazy" not in sys.argv)
+        at = sys.argv.index("--child")
+        child(sys.argv[at + 1], sys.argv[at + 2])
     else:
         main()

@@ -108,8 +108,14 @@ def warmup_from_args(args: argparse.Namespace) -> int:
               "(inductor's cache still spares them the code generation)")
     else:
         s = store.stats
-        print(f"compiled {s.compiled} blocks in {s.compile_s:.1f} s, loaded {s.loaded} from disk in {s.load_s:.1f} s; "
-              f"kept in {store.directory}")
+        detail = []
+        if s.received:
+            detail.append(f"{s.received} in {spent['regions_parallel_workers']} worker processes, "
+                          f"{spent['regions_parallel_s']:.1f} s")
+        if s.compiled:
+            detail.append(f"{s.compiled} in this process, {s.compile_s:.1f} s")
+        print(f"compiled {s.compiled + s.received} blocks ({'; '.join(detail) or 'none needed'}), "
+              f"loaded {s.loaded} from disk in {s.load_s:.1f} s; kept in {store.directory}")
     return 0
 
 

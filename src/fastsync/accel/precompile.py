@@ -62,6 +62,8 @@ class RegionStats:
     compile_s: float = 0.0
     load_s: float = 0.0
     rejected_files: int = 0  # files that could not be read or belong to another setup
+    received: int = 0  # functions compiled by worker processes (fastsync.accel.parallel_compile)
+    receive_s: float = 0.0  # loading those here
 
 
 class RegionCompiler:
@@ -98,8 +100,8 @@ class RegionCompiler:
             fn.disable_guard_check()
         self.functions.setdefault(key, []).extend(fns)
         self.blobs.setdefault(key, []).extend(blobs)
-        self.stats.loaded += len(fns)
-        self.stats.load_s += time.perf_counter() - started
+        self.stats.received += len(fns)
+        self.stats.receive_s += time.perf_counter() - started
         self._write(key)
 
     def install(self, module: nn.Module) -> None:

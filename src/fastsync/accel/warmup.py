@@ -38,7 +38,8 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     spent["warmup_audio_s"] = _warm_audio(c, sampling.num_frames)
     store = c.cache.get("region_compiler")
     if store is not None:  # of which compiling regions, and loading them from disk
-        spent |= {"regions_compile_s": round(store.stats.compile_s, 3), "regions_load_s": round(store.stats.load_s, 3)}
+        spent |= {"regions_compile_s": round(store.stats.compile_s, 3), "regions_load_s": round(store.stats.load_s, 3),
+                  "regions_received_load_s": round(store.stats.receive_s, 3)}
     return spent
 
 
