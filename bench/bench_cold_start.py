@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,7 +83,7 @@ def _import_environment() -> dict:
 
 
 def main() -> None:
-    from bench.common import environment, save  # not at the top: it imports torch, which the child times
+    from bench.common import environment, run_child, save  # not at the top: it imports torch, which the child times
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -104,12 +103,7 @@ def main() -> None:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
         results[f"cache_dir_empty_at_start_{variant}"] = not Path(cache_dir).exists()
         for name in ("first_process", "second_process"):
-            started = time.perf_counter()
-            command = [sys.executable, "-m", "bench.bench_cold_start", "--child", str(args.checkpoint_dir)]
-            proc = subprocess.run([*command, variant], env=env, capture_output=True, text=True)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            entry = json.loads(line[-1]) if line else {"error": proc.stderr[-2000:]}
-            entry["process_wall_s"] = round(time.perf_counter() - started, 2)
+            entry = run_child("bench.bench_cold_start", [str(args.checkpoint_dir), variant], env)
             entry["name"], entry["variant"] = name, variant
             results["processes"].append(entry)
             print(entry, flush=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def child(checkpoint_dir: str, setting: str, repeat: int) -> None:
 
 def main() -> None:
     from bench.bench_cold_start import write_checkpoints
-    from bench.common import environment, save
+    from bench.common import environment, run_child, save
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -73,10 +72,8 @@ def main() -> None:
         write_checkpoints(args.checkpoint_dir)
     results = {"environment": environment(), "runs": []}
     for setting in SETTINGS:
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_cudnn", "--child", str(args.checkpoint_dir), setting,
-                               str(args.repeat)], capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        entry = json.loads(lines[-1]) if lines else {"setting": setting, "error": proc.stderr[-2000:]}
+        entry = {"setting": setting, **run_child("bench.bench_cudnn", [str(args.checkpoint_dir), setting,
+                                                                       str(args.repeat)])}
         results["runs"].append(entry)
         print(entry, flush=True)
         save(results, args.out)

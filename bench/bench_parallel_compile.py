@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def child(device: str, model_size: str, workers: int) -> None:
+def child(device: str, model_size: str, workers: str) -> None:
     import torch
 
     from fastsync.accel import precompile
@@ -35,7 +34,7 @@ def child(device: str, model_size: str, workers: int) -> None:
     from fastsync.denoise import SamplingOptions
     from fastsync.engine import FastOptions
 
-    fast = FastOptions(compile_workers=workers, host_processes=False)
+    fast = FastOptions(compile_workers=int(workers), host_processes=False)
     engine = LipSync.load(random_weights=True, model_size=model_size, device=device, mode="fast", fast=fast)
     sampling = SamplingOptions()
     c = engine.components
@@ -51,11 +50,11 @@ def child(device: str, model_size: str, workers: int) -> None:
             warm_chunk(c, sampling)
     spent["warm_up_s"] = round(time.perf_counter() - started, 2)
     store = c.cache["region_compiler"]
-    print(json.dumps({"workers": workers, "warm_up": spent, "regions": store.stats.__dict__}))
+    print(json.dumps({"workers": int(workers), "warm_up": spent, "regions": store.stats.__dict__}))
 
 
 def main() -> None:
-    from bench.common import environment, save  # not at the top: the children time their own imports
+    from bench.common import environment, run_child, save  # not at the top: the children time their own imports
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -68,12 +67,8 @@ def main() -> None:
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="fastsync-bench-cache-") as cache:
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-            started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "bench.bench_parallel_compile", "--child", args.device,
-                                   args.model_size, str(workers)], env=env, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        entry = json.loads(lines[-1]) if lines else {"workers": workers, "error": proc.stderr[-2000:]}
-        entry["process_wall_s"] = round(time.perf_counter() - started, 2)
+            entry = {"workers": workers, **run_child("bench.bench_parallel_compile",
+                                                     [args.device, args.model_size, str(workers)], env)}
         results["runs"].append(entry)
         print(entry, flush=True)
         save(results, args.out)
@@ -84,8 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:
-        at = sys.argv.index("--child")
-        child(sys.argv[at + 1], sys.argv[at + 2], int(sys.argv[at + 3]))
-    else:
-        main()
+    child(*sys.argv[2:]) if sys.argv[1:2] == ["--child"] else main()

@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,3 +57,15 @@ def save(results: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(path)
+
+
+def run_child(module: str, child_args: list[str], env: dict | None = None) -> dict:
+    """`python -m module --child *child_args` in a fresh process: its last JSON line (or the
+    end of its stderr, under "error"), with the process's wall time."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", module, "--child", *child_args], env=env, capture_output=True,
+                          text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    entry = json.loads(lines[-1]) if lines else {"error": proc.stderr[-2000:]}
+    entry["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return entry
