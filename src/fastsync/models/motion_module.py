@@ -123,7 +123,12 @@ class TemporalTransformer(nn.Module):
         # 4. project back, return to (B, C, F, H, W), residual
         h = self.proj_out(h)  # (B*H*W, F, C)
         h = h.reshape(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)
-        return h + x
+        if x.is_contiguous(memory_format=torch.channels_last_3d):
+            # The same sum, but the result takes x's layout rather than the tokens' (B, H, W, F, C)
+            # order: in fast mode every block then hands channels_last_3d to the next, and the
+            # skip concatenations and convolutions downstream need no layout copy.
+            return x + h
+        return h + x  # the reference's order, and so its layout
 
 
 class MotionModule(nn.Module):
