@@ -37,6 +37,8 @@ def prepare_fast(c: Components) -> dict[str, float]:
         use_fp8_linears(c.unet, c.device)
     if fast.channels_last:
         c.unet.to(memory_format=torch.channels_last)
+        if c.device.type == "cuda":
+            keep_channels_last_between_blocks(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
         from fastsync.accel.compile import compile_regions, compile_vae_regions
@@ -47,6 +49,16 @@ def prepare_fast(c: Components) -> dict[str, float]:
         compile_vae_regions(c.vae, store=store)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
+
+
+def keep_channels_last_between_blocks(unet) -> int:
+    """Motion modules return their input's layout (tests/test_layouts.py); returns how many."""
+    from fastsync.models.motion_module import TemporalTransformer
+
+    modules = [m for m in unet.modules() if isinstance(m, TemporalTransformer)]
+    for module in modules:
+        module.keep_input_layout = True
+    return len(modules)
 
 
 def use_fp8_linears(unet, device: torch.device) -> int:
