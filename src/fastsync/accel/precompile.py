@@ -95,9 +95,7 @@ class RegionCompiler:
     def add_compiled(self, key: str, blobs: list[bytes]) -> None:
         """Take functions compiled elsewhere for `key` (serialized) and keep them on disk too."""
         started = time.perf_counter()
-        fns = [torch.compiler.load_compiled_function(io.BytesIO(blob)) for blob in blobs]
-        for fn in fns:
-            fn.disable_guard_check()
+        fns = _deserialize(blobs)
         self.functions.setdefault(key, []).extend(fns)
         self.blobs.setdefault(key, []).extend(blobs)
         self.stats.received += len(fns)
@@ -166,13 +164,11 @@ class RegionCompiler:
             stored_key, blobs = pickle.loads(path.read_bytes())
             if stored_key != key:
                 raise ValueError("the file holds another key (a hash collision or a foreign file)")
-            variants = [torch.compiler.load_compiled_function(io.BytesIO(blob)) for blob in blobs]
+            variants = _deserialize(blobs)
         except Exception as exc:  # a torn, foreign or incompatible file: compile again
             log.warning("ignoring precompiled region %s: %s", path, exc)
             self.stats.rejected_files += 1
             return self.functions[key]
-        for fn in variants:
-            fn.disable_guard_check()
         self.functions[key], self.blobs[key] = variants, list(blobs)
         self.stats.loaded += len(variants)
         self.stats.load_s += time.perf_counter() - started
@@ -198,6 +194,14 @@ def compile_ahead(plain, call_args: tuple, kwargs: dict):
     """`plain(*call_args, **kwargs)` compiled ahead of time, guards included."""
     with torch._dynamo.config.patch(enable_aot_compile=True):
         return torch.compile(plain, fullgraph=True, dynamic=False).aot_compile((call_args, kwargs))
+
+
+def _deserialize(blobs: list[bytes]) -> list:
+    """Compiled functions from their bytes, their guards left to RegionCompiler.__call__."""
+    fns = [torch.compiler.load_compiled_function(io.BytesIO(blob)) for blob in blobs]
+    for fn in fns:
+        fn.disable_guard_check()
+    return fns
 
 
 def serialize(fn) -> bytes:
