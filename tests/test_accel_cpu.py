@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 import torch
 
+from cpu_components import cpu_components
 from demo_clip import demo_clip
 from fastsync.accel.predictor import FastPredictor, PlainPredictor
 from fastsync.accel.setup import prepare_fast
 from fastsync.components import make_scheduler, random_vae
 from fastsync.config import UNET_PRESETS
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions
+from fastsync.engine import EngineOptions, FastOptions
 from fastsync.face.mask import mask_for_resolution
 from fastsync.models.attention import Attention
 from fastsync.models.loading import random_unet
@@ -72,12 +73,6 @@ def _run_steps(predictor, steps: int = 5, frames: int = FRAMES) -> list[torch.Te
     return outs
 
 
-def _components(unet, vae, fast: FastOptions, resolution: int = 64) -> Components:
-    options = EngineOptions(random_weights=True, model_size="tiny", device="cpu", mode="fast", fast=fast)
-    mask = torch.from_numpy(mask_for_resolution(resolution)).float()
-    return Components(unet, vae, None, make_scheduler(), None, mask, torch.device("cpu"), torch.float32, options)
-
-
 # ---------------------------------------------------------------------------------------
 # FastPredictor's CPU path, channels_last, motion attention backend
 # ---------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ def test_channels_last_equals_contiguous(unet):
     input against the plain model: fp32 convolutions in another memory order."""
     fast_unet, vae = copy.deepcopy(unet), random_vae("tiny", seed=2)
     plain_vae = copy.deepcopy(vae)
-    c = _components(fast_unet, vae, FastOptions(channels_last=True, compile=False, cuda_graphs=False,
+    c = cpu_components(fast_unet, vae, FastOptions(channels_last=True, compile=False, cuda_graphs=False,
                                                 motion_attention="sdpa"))  # sdpa = the default backend
     prepare_fast(c)
     assert c.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # the switch took effect
@@ -124,7 +119,7 @@ def test_motion_attention_backend_equals_default(unet, backend):
     """FastOptions.motion_attention sets the kernel of the temporal attentions only; on the
     CPU "sdpa-efficient" runs SDPA's math kernel and "math" our own: same function."""
     switched = copy.deepcopy(unet)
-    prepare_fast(_components(switched, random_vae("tiny"), FastOptions(channels_last=False, compile=False,
+    prepare_fast(cpu_components(switched, random_vae("tiny"), FastOptions(channels_last=False, compile=False,
                                                                        motion_attention=backend)))
     temporal = [m for m in switched.modules() if isinstance(m, TemporalSelfAttention)]
     spatial = [m for m in switched.modules() if isinstance(m, Attention) and not isinstance(m, TemporalSelfAttention)]
@@ -355,7 +350,7 @@ def test_the_triton_motion_attention_is_cuda_only(unet):
     """"triton-short" is ignored on a CPU, as compilation is: the model keeps its default
     backend there (the kernel's own tests are in tests/test_short_attention.py)."""
     switched = copy.deepcopy(unet)
-    prepare_fast(_components(switched, random_vae("tiny"), FastOptions(channels_last=False, compile=False,
+    prepare_fast(cpu_components(switched, random_vae("tiny"), FastOptions(channels_last=False, compile=False,
                                                                        motion_attention="triton-short")))
     temporal = [m for m in switched.modules() if isinstance(m, TemporalSelfAttention)]
     assert temporal and all(m.backend is None for m in temporal)

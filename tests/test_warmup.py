@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cpu_components import cpu_components
 from fastsync.accel.predictor import make_predictor
 from fastsync.accel.warmup import WARM_STEPS, warm_chunk
-from fastsync.components import make_scheduler, random_vae
+from fastsync.components import random_vae
 from fastsync.config import UNET_PRESETS
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions
-from fastsync.face.mask import mask_for_resolution
+from fastsync.engine import Components, FastOptions
 from fastsync.models.loading import random_unet
 
 RES, FRAMES = 64, 4
@@ -40,12 +40,9 @@ class RecordingVAE:
 def _components(calls: list | None, res: int = RES, **fast) -> Components:
     """Tiny fast-mode components on the CPU; with `calls`, the VAE logs its calls there."""
     fast = FastOptions(**{"compile": False, "cuda_graphs": False, "host_processes": False, **fast})
-    options = EngineOptions(random_weights=True, model_size="tiny", device="cpu", mode="fast", fast=fast)
-    mask = torch.from_numpy(mask_for_resolution(res)).float()
-    unet = random_unet(UNET_PRESETS["tiny"], seed=5)
     vae = random_vae("tiny", seed=3)
     vae = vae if calls is None else RecordingVAE(vae, calls)
-    return Components(unet, vae, None, make_scheduler(), None, mask, torch.device("cpu"), torch.float32, options)
+    return cpu_components(random_unet(UNET_PRESETS["tiny"], seed=5), vae, fast, res)
 
 
 def _record_passes(c: Components, sampling: SamplingOptions, calls: list) -> None:
