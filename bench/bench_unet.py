@@ -147,9 +147,7 @@ def main() -> None:
                    {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
         if args.reference_sum:
             del graph
-            for module in unet_cl.modules():
-                if hasattr(module, "keep_input_layout"):
-                    module.keep_input_layout = False
+            keep_channels_last_between_blocks(unet_cl, on=False)
             graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
             out = graph(sample_cl, t, audio).float()
             err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()

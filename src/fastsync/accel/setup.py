@@ -51,13 +51,14 @@ def prepare_fast(c: Components) -> dict[str, float]:
     return spent
 
 
-def keep_channels_last_between_blocks(unet) -> int:
-    """Motion modules return their input's layout (tests/test_layouts.py); returns how many."""
+def keep_channels_last_between_blocks(unet, on: bool = True) -> int:
+    """Motion modules return their input's layout (tests/test_layouts.py), or with on=False
+    the reference's; returns how many."""
     from fastsync.models.motion_module import TemporalTransformer
 
     modules = [m for m in unet.modules() if isinstance(m, TemporalTransformer)]
     for module in modules:
-        module.keep_input_layout = True
+        module.keep_input_layout = on
     return len(modules)
 
 
