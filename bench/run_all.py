@@ -108,6 +108,7 @@ def main() -> None:
             "fidelity": e2e["fidelity_fast_vs_reference"],
             "fast_one_time": {k: v for k, v in fast.items() if k.endswith("_s")},
             "cold_start_lazy_over_precompile": cold.get("ratios_lazy_over_precompile") if cold else None,
+            "cold_start_sequential_over_precompile": cold.get("ratios_sequential_over_precompile") if cold else None,
         },
         "details": {"unet": unet_json.name, "unet_variant": args.unet_variant, "e2e": e2e_json.name,
                     "cold_start": args.cold_start_json.name if args.cold_start_json else None},

@@ -39,7 +39,7 @@ def test_a_bad_interval_is_a_usage_error(capsys):
 
 @pytest.mark.requires_cuda
 def test_on_a_gpu_a_second_process_loads_every_block(tmp_path):
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
 
     def warmup() -> str:
         proc = subprocess.run([sys.executable, "-m", "fastsync.cli", *TINY, "--device", "cuda"], env=env,

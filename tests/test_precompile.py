@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def test_a_second_process_loads_without_compiling(run):
         print(json.dumps({{"errors": errors, "compiled": s.compiled, "loaded": s.loaded}}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["compiled"] == 0
