@@ -7,10 +7,13 @@ compile cache; the second finds the first one's cache on disk (what a user's sec
 sees). Both read the checkpoint from the page cache, as a second run would. Each child
 prints one JSON line.
 
-`--variants precompile,sequential,lazy` runs the pair once per variant, each with its own
-empty cache, side by side in one run: the defaults (compiled regions kept on disk whole,
+`--variants precompile,sequential,lazy,pycache` runs the pair once per variant, each with its
+own empty cache, side by side in one run: the defaults (compiled regions kept on disk whole,
 FastOptions.precompile, and compiled by worker processes side by side); the same compiled
-one after another in the process (compile_workers=0); plain lazy torch.compile.
+one after another in the process (compile_workers=0); plain lazy torch.compile; the defaults
+with Python's bytecode cached in a folder of its own (PYTHONPYCACHEPREFIX, with
+PYTHONDONTWRITEBYTECODE unset), for images that ship packages without bytecode and forbid
+writing it beside them, as the GPU image does (`bytecode_shipped` in the results).
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +41,22 @@ def write_checkpoints(root: Path) -> None:
     save_layout(root, random_unet(unet_config_for("1.6", "full")), random_whisper_encoder(), random_vae("full"))
 
 
-VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}}
+VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {}}
+
+
+# the modules a fast-mode process and its compile workers import, not the compiler's own
+# later imports (the first process writes those)
+PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffusers, av; "
+                "import fastsync.api, fastsync.accel.parallel_compile, fastsync.accel.precompile")
+
+
+def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
+    """The child's environment: its own empty compile cache, and for `pycache` a bytecode cache."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+    if variant == "pycache":
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = f"{cache_dir}-bytecode"
+    return env
 
 
 def child(checkpoint_dir: str, variant: str) -> None:
@@ -100,8 +119,12 @@ def main() -> None:
     results["unet_checkpoint_bytes"] = (args.checkpoint_dir / "latentsync_unet.pt").stat().st_size
     for variant in args.variants:
         cache_dir = f"{args.cache_dir}-{variant}"
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+        env = variant_env(variant, cache_dir)
         results[f"cache_dir_empty_at_start_{variant}"] = not Path(cache_dir).exists()
+        if variant == "pycache":  # as a pip install leaves it: bytecode for what the engine imports
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", PYCACHE_FILL], env=env, check=True)
+            results["pycache_fill_s"] = round(time.perf_counter() - started, 2)
         for name in ("first_process", "second_process"):
             entry = run_child("bench.bench_cold_start", [str(args.checkpoint_dir), variant], env)
             entry["name"], entry["variant"] = name, variant
@@ -112,10 +135,11 @@ def main() -> None:
     if {"precompile", "lazy"} <= set(args.variants):
         results["ratios_lazy_over_precompile"] = {
             name: round(by[("lazy", name)] / by[("precompile", name)], 2) for name in ("first_process", "second_process")}
-    if {"precompile", "sequential"} <= set(args.variants):
-        results["ratios_sequential_over_precompile"] = {
-            name: round(by[("sequential", name)] / by[("precompile", name)], 2)
-            for name in ("first_process", "second_process")}
+    for other in ("sequential", "pycache"):
+        if {"precompile", other} <= set(args.variants):
+            results[f"ratios_{other}_over_precompile"] = {
+                name: round(by[(other, name)] / by[("precompile", name)], 2)
+                for name in ("first_process", "second_process")}
     save(results, args.out)
 
 

@@ -66,6 +66,11 @@ def test_the_workers_compile_every_distinct_call_and_the_main_process_none(side_
     directory, store, stats, _, after = side_by_side
     assert stats.workers == 2 and stats.submitted == 3 and stats.compiled == 3  # a and b are one call
     assert stats.worker_compile_s > 0
+    # the timeline is in order: workers ready, results back, all within the wall
+    assert 0 < stats.first_ready_s <= stats.last_ready_s <= stats.wall_s
+    assert stats.first_ready_s < stats.last_result_s <= stats.wall_s
+    assert 0 < stats.listing_s <= stats.wall_s
+    assert 0 < stats.longest_compile_s <= stats.worker_compile_s
     assert store.stats.compiled == 0 and store.stats.received == 3 and store.stats.loaded == 0
     for name, (compiled, eager) in after.items():
         assert rel_err(compiled, eager) < TOLERANCE, name

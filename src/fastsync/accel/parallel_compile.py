@@ -170,6 +170,17 @@ class ParallelStats:
     compiled: int = 0  # of which came back compiled
     wall_s: float = 0.0  # from the first call listed to the last result loaded
     worker_compile_s: float = 0.0  # summed over the workers
+    # where the wall goes, in seconds from the first call listed
+    first_ready_s: float = 0.0  # the first worker has imported torch and is ready
+    last_ready_s: float = 0.0  # the last one is
+    listing_s: float = 0.0  # the listing pass has ended
+    last_result_s: float = 0.0  # the last result has come back
+    longest_compile_s: float = 0.0  # one region's compile in a worker, the longest
+
+    def timeline(self) -> dict[str, float]:
+        names = ("first_ready_s", "last_ready_s", "listing_s", "last_result_s", "longest_compile_s",
+                 "worker_compile_s")
+        return {name: round(getattr(self, name), 3) for name in names}
 
 
 class SideBySide:
@@ -234,6 +245,10 @@ class SideBySide:
         if process.stdout.readline().strip() != "ready":
             log.warning("a compile worker did not start (exit code %s)", process.wait())
             return
+        with self.lock:
+            ready = self._since_start()
+            self.stats.first_ready_s = min(self.stats.first_ready_s or ready, ready)
+            self.stats.last_ready_s = max(self.stats.last_ready_s, ready)
         while (task := self.tasks.get()) is not None:
             process.stdin.write(f"{task}\n")
             process.stdin.flush()
@@ -241,6 +256,7 @@ class SideBySide:
             if reply.startswith("ok "):
                 with self.lock:
                     self.done.append((task, float(reply[3:])))
+                    self.stats.last_result_s = self._since_start()
                 continue
             if reply.startswith("error "):
                 log.warning("a compile worker failed (%s); that region compiles in this process", reply[6:])
@@ -249,9 +265,13 @@ class SideBySide:
                         process.wait())
             return
 
+    def _since_start(self) -> float:
+        return time.perf_counter() - self.started
+
     def __exit__(self, kind, value, traceback) -> None:
         if self.folder is None:
             return
+        self.stats.listing_s = self._since_start()
         try:
             for _ in self.drivers:
                 self.tasks.put(None)
@@ -269,7 +289,7 @@ class SideBySide:
                 process.wait()
                 process.stdout.close()
             shutil.rmtree(self.folder, ignore_errors=True)
-            self.stats.wall_s = time.perf_counter() - self.started
+            self.stats.wall_s = self._since_start()
 
     def _collect(self) -> None:
         compiled: dict[str, list[bytes]] = {}
@@ -277,6 +297,7 @@ class SideBySide:
             compiled.setdefault(self.keys[task], []).append(task.with_suffix(".out").read_bytes())
             self.stats.compiled += 1
             self.stats.worker_compile_s += seconds
+            self.stats.longest_compile_s = max(self.stats.longest_compile_s, seconds)
         for key, blobs in compiled.items():
             self.store.add_compiled(key, blobs)
 

@@ -57,7 +57,8 @@ def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str,
         return {}
     stats = side.stats
     return {"regions_parallel_s": round(stats.wall_s, 3), "regions_parallel_workers": stats.workers,
-            "regions_parallel_submitted": stats.submitted, "regions_parallel_compiled": stats.compiled}
+            "regions_parallel_submitted": stats.submitted, "regions_parallel_compiled": stats.compiled,
+            **{f"regions_parallel_{name}": value for name, value in stats.timeline().items()}}
 
 
 def warm_chunk(c: Components, sampling: SamplingOptions, *, graphs: bool = True) -> None:
