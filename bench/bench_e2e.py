@@ -122,7 +122,6 @@ def main() -> None:
     parser.add_argument("--fast-runs", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-graphs", action="store_true")
-    parser.add_argument("--fp8", action="store_true", help="fast mode with FastOptions.fp8_linears")
     parser.add_argument("--cpu-threads-variants", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                         help="fast mode: one run per value of FastOptions.cpu_threads (0: library default)")
     parser.add_argument("--max-queued-variants", type=lambda v: [int(x) for x in v.split(",")], default=[None],
@@ -135,7 +134,7 @@ def main() -> None:
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
     # FastOptions.cudnn_benchmark turns it on (off by default); the reference mode runs first.
     sampling = SamplingOptions()  # official settings: 20 steps, guidance 1.5, DeepCache 3, seed 1247
-    fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs, fp8_linears=args.fp8)
+    fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs)
     results = {"environment": environment(), "settings": {"resolution": 512, **sampling.__dict__},
                "fast_options": fast.__dict__, "modes": {}}
     for mode in args.modes.split(","):

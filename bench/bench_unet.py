@@ -5,10 +5,6 @@ Variants, side by side in one process:
   eager_cl       + channels_last_3d activations and weights, memory-efficient temporal attention
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
-  compiled_graph[reference-sum] (--reference-sum) the same with the motion modules' residual
-                 in the reference's order (their output not channels_last_3d)
-  compiled_graph_fp8 (--fp8) + fp8 transformer linears (FastOptions.fp8_linears), with its
-                 signal-to-noise ratio against eager fp16
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
 peak memory, and the top CUDA ops of the eager forward.
 
@@ -26,7 +22,6 @@ import torch
 
 from bench.common import UNET_FORWARD_TFLOP, cuda_time, environment, save
 from fastsync.accel.graphs import GraphedCall
-from fastsync.accel.setup import keep_channels_last_between_blocks
 from fastsync.config import UNET_PRESETS
 from fastsync.engine import FastOptions
 from fastsync.models.motion_module import TemporalSelfAttention
@@ -61,10 +56,6 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--variants", default="eager,eager_cl,compiled_graph",
                         help="eager_cl is optional; compiled_cl is timed on the way to compiled_graph")
-    parser.add_argument("--fp8", action="store_true", help="add the compiled_graph_fp8 variant")
-    parser.add_argument("--reference-sum", action="store_true",
-                        help="add compiled_graph[reference-sum]: the motion modules' residual in the "
-                             "reference's order, so their output is not channels_last_3d")
     parser.add_argument("--motion-attention", default=FastOptions().motion_attention,
                         help="comma-separated temporal attention backends; the first is the fast variants' "
                              "own, each further one adds a compiled_graph[<backend>] variant")
@@ -104,7 +95,6 @@ def main() -> None:
 
             short_attention.register()
         unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-        keep_channels_last_between_blocks(unet_cl)  # as fast set-up does on a GPU
         set_motion_attention(unet_cl, backends[0])  # fast mode's attention choice for the motion modules
         results["motion_attention"] = backends[0]
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
@@ -145,44 +135,7 @@ def main() -> None:
             diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
             record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
-        if args.reference_sum:
-            del graph
-            keep_channels_last_between_blocks(unet_cl, on=False)
-            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
-            out = graph(sample_cl, t, audio).float()
-            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
-            record("compiled_graph[reference-sum]", lambda graph=graph: graph(sample_cl, t, audio),
-                   {"rel_err_vs_eager": err})
-        if args.fp8:
-            del graph
-            record_fp8(unet, backends[0], (sample, t, audio), reference_out, record, compile_=not args.skip_compile)
     save(results, args.out)
-
-
-def record_fp8(unet, backend: str, example: tuple, reference_out: torch.Tensor, record, *, compile_: bool) -> None:
-    """The fastest variant again with fp8 linears, from a fresh copy of the eager model."""
-    import math
-
-    from fastsync.accel.compile import compile_regions
-    from fastsync.accel.setup import use_fp8_linears
-
-    sample, t, audio = example
-    unet8 = copy.deepcopy(unet)
-    count = use_fp8_linears(unet8, torch.device("cuda"))
-    unet8 = unet8.to(memory_format=torch.channels_last)
-    keep_channels_last_between_blocks(unet8)
-    set_motion_attention(unet8, backend)
-    if compile_:
-        compile_regions(unet8)
-    sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
-    graph = GraphedCall(lambda s, tt, a: unet8(s, tt, a), (sample_cl, t, audio))
-    out = graph(sample_cl, t, audio).float()
-    err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
-    snr = 10 * math.log10(reference_out.pow(2).mean().item() / (out - reference_out).pow(2).mean().item())
-    weights = sum(b.numel() * b.element_size() for b in (*unet8.parameters(), *unet8.buffers()))
-    record("compiled_graph_fp8", lambda: graph(sample_cl, t, audio),
-           {"rel_err_vs_eager": err, "snr_db_vs_eager": round(snr, 1), "fp8_linears": count,
-            "weights_gb": round(weights / 1e9, 2)})
 
 
 if __name__ == "__main__":

@@ -35,10 +35,6 @@ class FastOptions:
     # Processes that compile the warm-up's regions side by side (fastsync.accel.parallel_compile);
     # -1: half the cores, at most 8; 0 or 1: one after another in this process. Needs precompile.
     compile_workers: int = -1
-    # fp8 matmuls (e4m3, per-row scales) for the transformer and motion-module linears
-    # (fastsync.accel.fp8; CUDA compute capability >= 8.9). Off: it changes the output by
-    # more than fp16 rounding, and its speed and fidelity on a GPU are not measured yet.
-    fp8_linears: bool = False
     cuda_graphs: bool = True  # capture the fixed-shape denoise steps (CUDA only)
     face_workers: int = 4  # threads for face detection and paste-back
     vae_micro_batch: int = 4  # frames per VAE call: bounds peak GPU memory at 512 px

@@ -233,15 +233,15 @@ def _module_key(module: nn.Module) -> str:
 @functools.cache
 def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
-    attention op's registration (its output layout is traced), the fp8 linear, and diffusers' (the VAE's
+    attention op's registration (its output layout is traced), and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
     import diffusers
 
     from fastsync import models
-    from fastsync.accel import fp8, short_attention
+    from fastsync.accel import short_attention
 
     package = Path(models.__file__).parent
-    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__), Path(fp8.__file__)]
+    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
     return f"models{source_digest(files, package.parent)}-diffusers{diffusers.__version__}"
 
 

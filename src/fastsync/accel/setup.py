@@ -33,12 +33,8 @@ def prepare_fast(c: Components) -> dict[str, float]:
         from fastsync.host_processes import warm_up
 
         warm_up()  # the fork server imports the host modules while the weights load
-    if fast.fp8_linears and c.device.type == "cuda":
-        use_fp8_linears(c.unet, c.device)
     if fast.channels_last:
         c.unet.to(memory_format=torch.channels_last)
-        if c.device.type == "cuda":
-            keep_channels_last_between_blocks(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
         from fastsync.accel.compile import compile_regions, compile_vae_regions
@@ -49,29 +45,6 @@ def prepare_fast(c: Components) -> dict[str, float]:
         compile_vae_regions(c.vae, store=store)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
-
-
-def keep_channels_last_between_blocks(unet, on: bool = True) -> int:
-    """Motion modules return their input's layout (tests/test_layouts.py), or with on=False
-    the reference's; returns how many."""
-    from fastsync.models.motion_module import TemporalTransformer
-
-    modules = [m for m in unet.modules() if isinstance(m, TemporalTransformer)]
-    for module in modules:
-        module.keep_input_layout = on
-    return len(modules)
-
-
-def use_fp8_linears(unet, device: torch.device) -> int:
-    """Swap the transformer and motion-module linears for fp8 ones; returns how many."""
-    from fastsync.accel import fp8
-    from fastsync.models.attention import SpatialTransformer
-    from fastsync.models.motion_module import MotionModule
-
-    if not fp8.supported(device):
-        raise FastsyncError(f"FastOptions.fp8_linears needs fp8 matmuls, which {device} lacks",
-                            hint="they need CUDA compute capability 8.9 or later (Ada, Hopper); leave the option off")
-    return fp8.convert_linears(unet, (SpatialTransformer, MotionModule))
 
 
 def region_compiler(c: Components):
