@@ -22,6 +22,7 @@ import torch
 
 from bench.common import UNET_FORWARD_TFLOP, cuda_time, environment, save
 from fastsync.accel.graphs import GraphedCall
+from fastsync.accel.setup import keep_channels_last_between_blocks
 from fastsync.config import UNET_PRESETS
 from fastsync.engine import FastOptions
 from fastsync.models.motion_module import TemporalSelfAttention
@@ -95,6 +96,7 @@ def main() -> None:
 
             short_attention.register()
         unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+        keep_channels_last_between_blocks(unet_cl)  # as fast set-up does on a GPU
         set_motion_attention(unet_cl, backends[0])  # fast mode's attention choice for the motion modules
         results["motion_attention"] = backends[0]
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
