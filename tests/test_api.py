@@ -71,6 +71,20 @@ def test_one_engine_many_jobs_and_the_landmark_cache(engine, inputs, detections,
         assert np.array_equal(a, b), f"frame {i} differs with the landmark cache"
 
 
+def test_the_first_job_warms_the_engine_up_and_later_ones_do_not(inputs, tmp_path, monkeypatch):
+    from fastsync.accel import warmup
+
+    calls = []
+    monkeypatch.setattr(warmup, "warm_up", lambda components, sampling: calls.append(sampling) or {})
+    fresh = LipSync.load(random_weights=True, model_size="tiny", device="cpu")
+    video, _, short, _ = inputs
+    for name in ("a.mp4", "b.mp4"):
+        fresh.run(video, short, tmp_path / name, sampling=QUICK)
+    assert calls == [QUICK]  # the first job's sampling: the warm-up takes its chunk shape
+    fresh.warm_up()  # an explicit call still warms
+    assert len(calls) == 2
+
+
 def test_landmark_cache_of_another_video_is_ignored_and_replaced(engine, inputs, detections, tmp_path):
     video, other, short, _ = inputs
     cache = tmp_path / "landmarks.json"

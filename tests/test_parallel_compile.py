@@ -138,6 +138,48 @@ def test_a_failed_worker_leaves_the_region_to_the_main_process(tmp_path, caplog)
     assert store.stats.compiled == 1  # compiled here, on its next call
 
 
+def test_workers_started_early_are_the_ones_used_and_all_are_stopped(tmp_path, monkeypatch):
+    early = parallel_compile.start_workers(2)
+    unused = parallel_compile.start_workers(2)
+
+    def no_new_workers(count):
+        raise AssertionError("SideBySide started workers of its own")
+
+    monkeypatch.setattr(parallel_compile, "start_workers", no_new_workers)
+    store = precompile.RegionCompiler(tmp_path)
+    m = block(5)
+    store.install(m)
+    with torch.no_grad():
+        with parallel_compile.SideBySide(store, 8, early) as side, store.deferring(side):
+            m(*inputs())
+        assert side.stats.workers == 2 and side.stats.compiled == 1
+        assert rel_err(m(*inputs()), plain(m, *inputs())) < TOLERANCE
+    assert store.stats.compiled == 0 and store.stats.received == 1
+    with parallel_compile.SideBySide(store, 2, unused):  # nothing listed: every region was on disk
+        pass
+    assert all(p.returncode is not None for p in early + unused)  # stopped, not left running
+
+
+def test_workers_start_before_the_load_only_for_a_first_process_on_a_gpu(tmp_path, monkeypatch):
+    from fastsync.accel.compile import regions_dir
+    from fastsync.accel.setup import prestart_compile_workers
+    from fastsync.engine import FastOptions
+
+    started = []
+    monkeypatch.setattr(parallel_compile, "start_workers", lambda count: started.append(count) or ["a worker"])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    gpu = torch.device("cuda")  # only compared, never used
+    assert prestart_compile_workers(FastOptions(), torch.device("cpu")) is None
+    assert prestart_compile_workers(FastOptions(compile_workers=0), gpu) is None
+    assert prestart_compile_workers(FastOptions(precompile=False), gpu) is None
+    assert prestart_compile_workers(FastOptions(compile_workers=3), gpu) == ["a worker"]  # an empty cache
+    assert started == [3]
+    os.makedirs(regions_dir(), exist_ok=True)
+    open(os.path.join(regions_dir(), "0" * 32 + ".bin"), "wb").close()
+    assert prestart_compile_workers(FastOptions(compile_workers=3), gpu) is None  # a later process
+    assert started == [3]
+
+
 def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(tmp_path):
     """The tiny UNet and VAE, every region installed, through the warm-up's side-by-side phase.
     At 128 px no latent is 1x1: an eager size-1 dimension can carry other strides than a compiled

@@ -24,6 +24,7 @@ class LipSync:
     def __init__(self, components: Components, load_seconds: float = 0.0):
         self.components = components
         self.load_seconds = load_seconds
+        self.warmed = False
 
     @classmethod
     def load(cls, **engine_options) -> LipSync:
@@ -37,10 +38,13 @@ class LipSync:
         return cls(components, time.perf_counter() - started)
 
     def warm_up(self, sampling: SamplingOptions | None = None) -> dict[str, float]:
-        """Pay one-time costs (compilation, graph capture) now; returns their seconds by name."""
-        from fastsync.accel.warmup import warm_up
+        """Pay one-time costs (compilation, graph capture) now; returns their seconds by name.
+        The first `run` calls it if nobody has: its compile workers then compile the blocks side
+        by side, where the job's first chunk would compile them one after another."""
+        from fastsync.accel import warmup
 
-        return warm_up(self.components, sampling or SamplingOptions())
+        self.warmed = True
+        return warmup.warm_up(self.components, sampling or SamplingOptions())
 
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
@@ -52,6 +56,8 @@ class LipSync:
         their top ops come back in the report (what `fastsync profile` uses). `on_progress`:
         called as (stage, frames done, frames in the job) whenever a stage moves on; it runs
         on worker threads, so it must be quick and thread-safe (the web UI's bar uses it)."""
+        if not self.warmed:  # nothing to do on a CPU or in reference mode
+            self.warm_up(sampling)
         job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
                   host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress)

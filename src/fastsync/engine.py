@@ -177,15 +177,35 @@ class LazyLandmarker:
 
 def load_components(options: EngineOptions) -> Components:
     from fastsync.devices import make_current
-    from fastsync.components import load_vae, make_scheduler, random_vae
-    from fastsync.face.mask import mask_for_resolution
-    from fastsync.models.loading import load_unet, random_unet
-    from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
 
     device = pick_device(options.device)
     # --device cuda:1 must not put streams and graphs on GPU 0 (untested on a real second
     # GPU: the machines lent so far have one).
     make_current(device)
+    compile_workers = None
+    if options.mode == "fast":
+        from fastsync.accel.setup import prestart_compile_workers
+
+        compile_workers = prestart_compile_workers(options.fast, device)
+    try:
+        components = _load(options, device)
+    except BaseException:
+        if compile_workers:
+            from fastsync.accel.parallel_compile import stop_workers
+
+            stop_workers(compile_workers)
+        raise
+    if compile_workers:
+        components.cache["compile_workers"] = compile_workers  # for the warm-up
+    return components
+
+
+def _load(options: EngineOptions, device: torch.device) -> Components:
+    from fastsync.components import load_vae, make_scheduler, random_vae
+    from fastsync.face.mask import mask_for_resolution
+    from fastsync.models.loading import load_unet, random_unet
+    from fastsync.models.whisper import load_whisper_encoder, random_whisper_encoder
+
     dtype = pick_dtype(options, device)
     layout = CheckpointLayout(Path(options.checkpoint_dir))
     config = unet_config_for(options.version, options.model_size)

@@ -22,6 +22,7 @@ process, which compiles it on its next call as before: this can cost time, never
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import os
@@ -163,6 +164,32 @@ def _worker_main(kernel_threads: int) -> None:
             replies.write(f"error {message}\n")
 
 
+def start_workers(count: int) -> list[subprocess.Popen]:
+    """`count` workers, started now: each imports torch and its compilers (9-11 s on the H200
+    image, bench/results/cold_start_h200_timeline.json) while the caller goes on. Whatever
+    is not handed to a SideBySide is stopped at exit."""
+    threads = max(1, (os.cpu_count() or 2) // count)  # inductor's kernel-compiling threads each
+    # the parent's import path, so a worker finds every class the parent could unpickle
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    processes = [subprocess.Popen([sys.executable, "-m", "fastsync.accel.parallel_compile", str(threads)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                 for _ in range(count)]
+    atexit.register(stop_workers, processes)
+    return processes
+
+
+def stop_workers(processes: list[subprocess.Popen]) -> None:
+    """Stop workers at once, rather than let them exit: exiting took 26 s on the H200 (8
+    workers, each with inductor's pool of kernel compilers; 3.8 s on a 2-core CPU), all of it
+    spent before the first job (cold_start_h200_timeline.json, parallel_compile_exit_cpu.json)."""
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+        process.stdout.close()
+
+
 @dataclass
 class ParallelStats:
     workers: int = 0
@@ -190,11 +217,16 @@ class SideBySide:
         with SideBySide(store, 8) as side, store.deferring(side):
             ...  # run the model once, eagerly
         side.stats
+
+    `started`: workers from `start_workers`, used instead of starting `workers` new ones on
+    the first call; stopped on the way out, used or not.
     """
 
-    def __init__(self, store: precompile.RegionCompiler, workers: int):
+    def __init__(self, store: precompile.RegionCompiler, workers: int,
+                 started: list[subprocess.Popen] | None = None):
         self.store = store
-        self.stats = ParallelStats(workers=workers)
+        self.started_workers = started
+        self.stats = ParallelStats(workers=len(started) if started else workers)
         self.tasks: queue.Queue = queue.Queue()
         self.keys: dict[Path, str] = {}  # payload file -> its key
         self.done: list[tuple[Path, float]] = []
@@ -228,13 +260,8 @@ class SideBySide:
     def _start(self) -> None:
         self.started = time.perf_counter()
         self.folder = Path(tempfile.mkdtemp(prefix="fastsync-compile-"))
-        threads = max(1, (os.cpu_count() or 2) // self.stats.workers)
-        # the parent's import path, so a worker finds every class the parent could unpickle
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        for _ in range(self.stats.workers):
-            process = subprocess.Popen([sys.executable, "-m", "fastsync.accel.parallel_compile", str(threads)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-            self.processes.append(process)
+        self.processes = self.started_workers or start_workers(self.stats.workers)
+        for process in self.processes:
             driver = threading.Thread(target=self._drive, args=(process,), daemon=True,
                                       name="fastsync-compile-driver")
             driver.start()
@@ -269,7 +296,8 @@ class SideBySide:
         return time.perf_counter() - self.started
 
     def __exit__(self, kind, value, traceback) -> None:
-        if self.folder is None:
+        if self.folder is None:  # nothing was listed: every region came from disk
+            stop_workers(self.started_workers or [])
             return
         self.stats.listing_s = self._since_start()
         try:
@@ -277,17 +305,13 @@ class SideBySide:
                 self.tasks.put(None)
             if kind is not None:  # the listing pass failed: stop now, keep nothing
                 for process in self.processes:
-                    process.kill()
+                    process.kill()  # the drivers' reads end, and so do they
             for driver in self.drivers:
                 driver.join()
             if kind is None:
                 self._collect()
         finally:
-            for process in self.processes:
-                if process.stdin:
-                    process.stdin.close()
-                process.wait()
-                process.stdout.close()
+            stop_workers(self.processes)  # every result is in or given up: nothing left for them
             shutil.rmtree(self.folder, ignore_errors=True)
             self.stats.wall_s = self._since_start()
 

@@ -7,6 +7,7 @@ the plain one within a stated tolerance (tests/test_accel_*.py).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -62,6 +63,20 @@ def keep_channels_last_between_blocks(unet) -> int:
     for module in modules:
         module.keep_input_layout = True
     return len(modules)
+
+
+def prestart_compile_workers(fast, device: torch.device) -> list | None:
+    """The warm-up's compile workers, started before the weights load where nothing compiled
+    is on disk yet (a first process), so that their start overlaps the load; else None."""
+    from fastsync.accel import parallel_compile, precompile
+    from fastsync.accel.compile import regions_dir
+
+    workers = parallel_compile.default_workers() if fast.compile_workers < 0 else fast.compile_workers
+    if device.type != "cuda" or not (fast.compile and fast.precompile and workers >= 2 and precompile.supported()):
+        return None
+    if any(Path(regions_dir()).glob("*.bin")):  # a later process: its regions are most likely there
+        return None
+    return parallel_compile.start_workers(workers)
 
 
 def region_compiler(c: Components):

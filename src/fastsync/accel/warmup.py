@@ -44,14 +44,16 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
 
 
 def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str, float]:
-    from fastsync.accel.parallel_compile import SideBySide, default_workers
+    from fastsync.accel.parallel_compile import SideBySide, default_workers, stop_workers
 
     store = c.cache.get("region_compiler")
+    started = c.cache.pop("compile_workers", None)  # started before the weights loaded
     workers = c.options.fast.compile_workers
     workers = default_workers() if workers < 0 else workers
     if store is None or workers < 2:
+        stop_workers(started or [])
         return {}
-    with SideBySide(store, workers) as side, store.deferring(side):
+    with SideBySide(store, workers, started) as side, store.deferring(side):
         warm_chunk(c, sampling, graphs=False)  # regions that would compile run eagerly, listed
     if not side.stats.submitted:  # every region came from disk
         return {}
