@@ -94,11 +94,11 @@ def _import_environment() -> dict:
         transformers = metadata.version("transformers")
     except metadata.PackageNotFoundError:
         transformers = None
-    from bench.bench_import import bytecode_shipped
+    from fastsync.tools import bytecode
 
     return {"transformers_installed": transformers,
             "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
-            "bytecode_shipped": bytecode_shipped()}
+            "bytecode_shipped": bytecode.shipped()}
 
 
 def main() -> None:

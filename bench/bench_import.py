@@ -127,21 +127,6 @@ def measure(trees: dict[str, Path], repeat: int) -> dict:
 
 
 HEAVY_CHAIN = "import torch, torch._dynamo, torch._inductor.compile_fx, diffusers"
-PACKAGES = ("torch", "torch._dynamo", "torch._inductor", "sympy", "diffusers", "transformers", "av")
-
-
-def bytecode_shipped() -> dict[str, bool | None]:
-    """Whether each package's __init__ has a bytecode file for this interpreter (None: not installed)."""
-    import importlib.util
-
-    shipped: dict[str, bool | None] = {}
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        shipped[name] = None if spec is None or not spec.origin else \
-            Path(importlib.util.cache_from_source(spec.origin)).is_file()
-    return shipped
-
-
 def _time_chain(extra_args: list[str], env_extra: dict) -> float:
     script = _CHILD.format(code=HEAVY_CHAIN, heavy=HEAVY)
     env = dict(_child_env(ROOT / "src"), **env_extra)
@@ -151,6 +136,8 @@ def _time_chain(extra_args: list[str], env_extra: dict) -> float:
 
 
 def measure_bytecode(repeat: int) -> dict:
+    from fastsync.tools import bytecode
+
     with tempfile.TemporaryDirectory() as empty_root, tempfile.TemporaryDirectory() as filled:
         _time_chain(["-X", f"pycache_prefix={filled}"], {"PYTHONDONTWRITEBYTECODE": ""})  # fills it
         settings = {
@@ -165,7 +152,7 @@ def measure_bytecode(repeat: int) -> dict:
                     args = ["-X", f"pycache_prefix={Path(empty_root) / str(i)}"]
                 runs[name].append(_time_chain(args, env_extra))
                 print(f"{name:15s} {runs[name][-1]:.2f} s", flush=True)
-    return {"code": HEAVY_CHAIN, "bytecode_shipped": bytecode_shipped(),
+    return {"code": HEAVY_CHAIN, "bytecode_shipped": bytecode.shipped(),
             "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
             **{name: {"median_s": round(statistics.median(r), 3), "runs_s": [round(x, 3) for x in r]}
                for name, r in runs.items()}}
