@@ -51,6 +51,11 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def worker_count(setting: int) -> int:
+    """FastOptions.compile_workers as a count: -1 means default_workers()."""
+    return default_workers() if setting < 0 else setting
+
+
 @dataclass(frozen=True)
 class _Layout:
     ident: int  # one per tensor object: a tensor passed twice comes back as one (Dynamo guards aliasing)

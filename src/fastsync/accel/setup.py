@@ -71,7 +71,7 @@ def prestart_compile_workers(fast, device: torch.device) -> list | None:
     from fastsync.accel import parallel_compile, precompile
     from fastsync.accel.compile import regions_dir
 
-    workers = parallel_compile.default_workers() if fast.compile_workers < 0 else fast.compile_workers
+    workers = parallel_compile.worker_count(fast.compile_workers)
     if device.type != "cuda" or not (fast.compile and fast.precompile and workers >= 2 and precompile.supported()):
         return None
     if any(Path(regions_dir()).glob("*.bin")):  # a later process: its regions are most likely there

@@ -44,12 +44,11 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
 
 
 def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str, float]:
-    from fastsync.accel.parallel_compile import SideBySide, default_workers, stop_workers
+    from fastsync.accel.parallel_compile import SideBySide, stop_workers, worker_count
 
     store = c.cache.get("region_compiler")
     started = c.cache.pop("compile_workers", None)  # started before the weights loaded
-    workers = c.options.fast.compile_workers
-    workers = default_workers() if workers < 0 else workers
+    workers = worker_count(c.options.fast.compile_workers)
     if store is None or workers < 2:
         stop_workers(started or [])
         return {}
