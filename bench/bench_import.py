@@ -127,6 +127,8 @@ def measure(trees: dict[str, Path], repeat: int) -> dict:
 
 
 HEAVY_CHAIN = "import torch, torch._dynamo, torch._inductor.compile_fx, diffusers"
+
+
 def _time_chain(extra_args: list[str], env_extra: dict) -> float:
     script = _CHILD.format(code=HEAVY_CHAIN, heavy=HEAVY)
     env = dict(_child_env(ROOT / "src"), **env_extra)
