@@ -1,9 +1,11 @@
-"""A broken HF transformers install must not surface as a bare diffusers traceback.
+"""What diffusers' import pulls in from other installed packages.
 
 diffusers imports transformers whenever its distribution is installed. A fresh process sees
 a stand-in transformers (a dist-info with a version, and a package whose import fails the
 way a transformers with an unmet tokenizers pin does) and must get fastsync's error naming
-the cause.
+the cause. Likewise diffusers imports Flax when jax and flax are installed, unless USE_FLAX
+says no, which fastsync does by default: a stand-in flax whose import fails shows whether
+it was imported.
 """
 
 from __future__ import annotations
@@ -27,20 +29,29 @@ else:
 """
 
 
-def _broken_transformers(root: Path) -> Path:
-    (root / "transformers").mkdir(parents=True)
-    (root / "transformers" / "__init__.py").write_text(f"raise ImportError({CAUSE!r})\n")
-    info = root / "transformers-4.99.0.dist-info"
+def _broken_package(root: Path, name: str, cause: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(f"raise ImportError({cause!r})\n")
+    info = root / f"{name}-4.99.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 4.99.0\n")
-    (info / "top_level.txt").write_text("transformers\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 4.99.0\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
     return root
 
 
-def _run(extra_path: Path | None) -> str:
+def _broken_transformers(root: Path) -> Path:
+    return _broken_package(root, "transformers", CAUSE)
+
+
+def _broken_flax(root: Path) -> Path:
+    _broken_package(root, "jax", "the stand-in jax was imported")
+    return _broken_package(root, "flax", "the stand-in flax was imported")
+
+
+def _run(extra_path: Path | None, env: dict | None = None) -> str:
     path = [str(SRC)] + ([str(extra_path)] if extra_path else [])
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin"})
+                          env={"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin", **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -53,3 +64,13 @@ def test_a_broken_transformers_gives_a_clear_error(tmp_path):
 
 def test_without_it_the_vae_builds():
     assert "NO_ERROR" in _run(None)
+
+
+def test_flax_is_not_imported_by_default(tmp_path):
+    assert "NO_ERROR" in _run(_broken_flax(tmp_path))
+
+
+def test_a_users_use_flax_is_kept(tmp_path):
+    # the stand-in proves the switch is what keeps Flax out: with it on, diffusers imports it
+    out = _run(_broken_flax(tmp_path), {"USE_FLAX": "1"})
+    assert "FASTSYNC_ERROR" in out and "the stand-in flax was imported" in out

@@ -202,3 +202,20 @@ def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(tmp_path):
         with eager_context():
             eager = _job_chunk(c, sampling)
     assert rel_err(compiled, eager) < 1e-4  # 20 steps of fp32 rounding in other orders
+
+
+def test_workers_get_the_parents_path_and_diffusers_switches(monkeypatch):
+    seen = []
+
+    class Started:
+        def __init__(self, argv, **kwargs):
+            seen.append(kwargs["env"])
+
+    monkeypatch.setattr(parallel_compile.subprocess, "Popen", Started)
+    monkeypatch.setattr(parallel_compile.atexit, "register", lambda *args: None)
+    monkeypatch.delenv("USE_FLAX", raising=False)
+    parallel_compile.start_workers(1)
+    monkeypatch.setenv("USE_FLAX", "1")  # the user's own value wins
+    parallel_compile.start_workers(1)
+    assert [env["USE_FLAX"] for env in seen] == ["0", "1"]
+    assert all(env["PYTHONPATH"] == os.pathsep.join(p for p in parallel_compile.sys.path if p) for env in seen)

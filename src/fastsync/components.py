@@ -14,6 +14,7 @@ submodules instead would not help: Python runs the package's __init__ first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,18 @@ VAE_PRESETS = {
 }
 
 
+# diffusers imports its Flax models as well whenever jax and flax are installed: 1.9 s of
+# the VAE's 18 s import on the H200 image (bench/results/vae_import_h200.txt). fastsync
+# runs on torch only. USE_FLAX is diffusers' own switch; a value the user set is kept.
+DIFFUSERS_ENV = {"USE_FLAX": "0"}
+
+
+def set_diffusers_env() -> None:
+    """Set DIFFUSERS_ENV's defaults; before diffusers' first import, which reads them."""
+    for key, value in DIFFUSERS_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def diffusers_class(name: str):
     """`diffusers.<name>`, or a FastsyncError that says which package broke the import.
 
@@ -65,6 +78,7 @@ def diffusers_class(name: str):
     loaders do), although neither fastsync nor the VAE needs it; a transformers that cannot
     import (e.g. its tokenizers pin is not met) then fails diffusers' import too.
     """
+    set_diffusers_env()
     try:
         import diffusers
 

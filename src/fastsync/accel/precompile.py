@@ -235,6 +235,9 @@ def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
     attention op's registration (its output layout is traced), and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
+    from fastsync.components import set_diffusers_env
+
+    set_diffusers_env()
     import diffusers
 
     from fastsync import models
