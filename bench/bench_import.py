@@ -16,6 +16,12 @@ whether each package ships bytecode for this interpreter. The GPU image sets
 PYTHONDONTWRITEBYTECODE=1, so a missing bytecode file there is compiled again in every process.
 
     python -m bench.bench_import --bytecode --out bench/results/import_bytecode.json
+
+With --flax it times diffusers' VAE import (`import torch, diffusers; diffusers.AutoencoderKL`)
+in a filled bytecode cache, alternating USE_FLAX unset (diffusers imports Flax if jax and flax
+are installed) and USE_FLAX=0 (what fastsync sets). Only a machine with jax and flax differs.
+
+    python -m bench.bench_import --flax --out bench/results/import_flax.json
 """
 
 from __future__ import annotations
@@ -129,9 +135,10 @@ def measure(trees: dict[str, Path], repeat: int) -> dict:
 HEAVY_CHAIN = "import torch, torch._dynamo, torch._inductor.compile_fx, diffusers"
 
 
-def _time_chain(extra_args: list[str], env_extra: dict) -> float:
-    script = _CHILD.format(code=HEAVY_CHAIN, heavy=HEAVY)
-    env = dict(_child_env(ROOT / "src"), **env_extra)
+def _time_chain(extra_args: list[str], env_extra: dict, code: str = HEAVY_CHAIN) -> float:
+    """Seconds for `code` in a fresh child; an env_extra value of None removes that variable."""
+    script = _CHILD.format(code=code, heavy=HEAVY)
+    env = {k: v for k, v in dict(_child_env(ROOT / "src"), **env_extra).items() if v is not None}
     done = subprocess.run([sys.executable, *extra_args, "-c", script], env=env, capture_output=True, text=True,
                           check=True, cwd=tempfile.gettempdir())
     return json.loads(done.stdout.strip().splitlines()[-1])["s"]
@@ -160,17 +167,46 @@ def measure_bytecode(repeat: int) -> dict:
                for name, r in runs.items()}}
 
 
+VAE_CHAIN = "import torch, diffusers\ndiffusers.AutoencoderKL"
+
+
+def measure_flax(repeat: int) -> dict:
+    import importlib.util
+
+    with tempfile.TemporaryDirectory() as filled:
+        args = ["-X", f"pycache_prefix={filled}"]
+        _time_chain(args, {"USE_FLAX": None, "PYTHONDONTWRITEBYTECODE": ""}, VAE_CHAIN)  # fills it
+        settings = {"USE_FLAX unset": {"USE_FLAX": None}, "USE_FLAX=0": {"USE_FLAX": "0"}}
+        runs: dict[str, list[float]] = {name: [] for name in settings}
+        for _ in range(repeat):
+            for name, env_extra in settings.items():
+                runs[name].append(_time_chain(args, {**env_extra, "PYTHONDONTWRITEBYTECODE": "1"}, VAE_CHAIN))
+                print(f"{name:15s} {runs[name][-1]:.2f} s", flush=True)
+    medians = {name: statistics.median(r) for name, r in runs.items()}
+    return {"code": VAE_CHAIN,
+            "flax_installed": all(importlib.util.find_spec(m) is not None for m in ("jax", "flax")),
+            **{name: {"median_s": round(medians[name], 3), "runs_s": [round(x, 3) for x in r]}
+               for name, r in runs.items()},
+            "unset_over_off": round(medians["USE_FLAX unset"] / medians["USE_FLAX=0"], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="a commit to measure beside this checkout's src")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bytecode", action="store_true", help="measure bytecode files instead (see above)")
+    parser.add_argument("--flax", action="store_true", help="measure diffusers' import with and without Flax")
     parser.add_argument("--note", default="", help="free text stored in the JSON (machine, caveats)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/import.json"))
     args = parser.parse_args()
     if args.bytecode:
         save({"environment": environment(), "note": args.note, "repeat": args.repeat,
               "bytecode": measure_bytecode(args.repeat)}, args.out)
+        print(f"wrote {args.out}")
+        return
+    if args.flax:
+        save({"environment": environment(), "note": args.note, "repeat": args.repeat,
+              "flax": measure_flax(args.repeat)}, args.out)
         print(f"wrote {args.out}")
         return
     with tempfile.TemporaryDirectory() as tmp:
