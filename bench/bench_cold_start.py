@@ -59,6 +59,34 @@ def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
     return env
 
 
+def time_inductor_runtime() -> dict:
+    """Seconds this process spends in inductor's Triton kernels before they run: compiling
+    them (`precompile`) and, on a kernel's first launch, timing its configs to keep the best
+    (`autotune_to_one_config`). The workers compile, but only a launch can time, so a first
+    process may pay the choosing; a later one finds the choices in the cache. Counted
+    around both methods of CachingAutotuner (calls nest: a parent's seconds include its
+    children's)."""
+    from torch._inductor.runtime import triton_heuristics
+
+    spent: dict = {}
+    for method, key in (("precompile", "precompile"), ("autotune_to_one_config", "autotune")):
+        original = getattr(triton_heuristics.CachingAutotuner, method, None)
+        if original is None:  # another torch: report nothing rather than guess
+            continue
+        spent[f"{key}_s"], spent[f"{key}_calls"] = 0.0, 0
+
+        def timed(self, *args, _original=original, _key=key, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                spent[f"{_key}_s"] += time.perf_counter() - started
+                spent[f"{_key}_calls"] += 1
+
+        setattr(triton_heuristics.CachingAutotuner, method, timed)
+    return spent
+
+
 def child(checkpoint_dir: str, variant: str) -> None:
     started = time.perf_counter()
     import torch
@@ -70,6 +98,7 @@ def child(checkpoint_dir: str, variant: str) -> None:
 
     imported = time.perf_counter()
     torch.cuda.init()
+    inductor_runtime = time_inductor_runtime()
     cuda_ready = time.perf_counter()
     engine = LipSync.from_options(EngineOptions(checkpoint_dir=checkpoint_dir, device="cuda", mode="fast",
                                                 fast=FastOptions(**VARIANTS[variant])))
@@ -82,7 +111,8 @@ def child(checkpoint_dir: str, variant: str) -> None:
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
                       "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
                       "load_parts_s": engine.components.load_timings, "warm_up": warm,
-                      "regions": store.stats.__dict__ if store is not None else None}))
+                      "regions": store.stats.__dict__ if store is not None else None,
+                      "inductor_runtime": {k: round(v, 3) for k, v in inductor_runtime.items()}}))
 
 
 def _import_environment() -> dict:
