@@ -35,7 +35,7 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     chunk_started = time.perf_counter()
     warm_chunk(c, sampling)
     torch.cuda.synchronize()
-    # the compiled chunk with its graph capture; in a first process it has taken 10-13 s
+    # the compiled chunk with its graph capture; in a first process it has taken 10-14 s
     # longer than in a second (bench/results/README.md, fifth session)
     spent["warmup_chunk_s"] = round(time.perf_counter() - chunk_started, 3)
     spent["warmup_compile_capture_s"] = round(time.perf_counter() - started, 3)
