@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from fastsync.accel import precompile
-from fastsync.components import DIFFUSERS_ENV
+from fastsync.components import set_diffusers_env
 
 log = logging.getLogger(__name__)
 _SKIPPED_ATTRIBUTES = ("forward", "_fastsync_region_key")  # the RegionCompiler's own additions
@@ -175,9 +175,11 @@ def start_workers(count: int) -> list[subprocess.Popen]:
     image, bench/results/cold_start_h200_timeline.json) while the caller goes on. Whatever
     is not handed to a SideBySide is stopped at exit."""
     threads = max(1, (os.cpu_count() or 2) // count)  # inductor's kernel-compiling threads each
-    # the parent's import path, so a worker finds every class the parent could unpickle;
-    # diffusers' switches too, as a worker imports diffusers to unpickle the VAE's blocks
-    env = {**DIFFUSERS_ENV, **os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # diffusers' switches, as a worker imports diffusers to unpickle the VAE's blocks (this
+    # process sets them anyway before its own diffusers import), and the parent's import
+    # path, so a worker finds every class the parent could unpickle
+    set_diffusers_env()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     processes = [subprocess.Popen([sys.executable, "-m", "fastsync.accel.parallel_compile", str(threads)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
                  for _ in range(count)]
