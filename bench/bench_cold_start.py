@@ -13,7 +13,11 @@ FastOptions.precompile, and compiled by worker processes side by side); the same
 one after another in the process (compile_workers=0); plain lazy torch.compile; the defaults
 with Python's bytecode cached in a folder of its own (PYTHONPYCACHEPREFIX, with
 PYTHONDONTWRITEBYTECODE unset), for images that ship packages without bytecode and forbid
-writing it beside them, as the GPU image does (`bytecode_shipped` in the results).
+writing it beside them, as the GPU image does (`bytecode_shipped` in the results); and
+`untuned` and `worker_tuned`, pycache's setting without the timing of Triton launch
+configs, or with the compile workers timing them (fastsync.accel.compile.KERNEL_TUNING_ENV). Each process also runs the warm-up's chunk
+five times more (`steady_chunk_s`), so that what untuned kernels cost shows beside what
+they save.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -41,7 +45,8 @@ def write_checkpoints(root: Path) -> None:
     save_layout(root, random_unet(unet_config_for("1.6", "full")), random_whisper_encoder(), random_vae("full"))
 
 
-VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {}}
+VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {},
+            "untuned": {}, "worker_tuned": {}}
 
 
 # the modules a fast-mode process and its compile workers import, not the compiler's own
@@ -50,12 +55,20 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
                 "import fastsync.api, fastsync.accel.parallel_compile, fastsync.accel.precompile")
 
 
+# variants with pycache's setting and another choice of who times Triton's launch configs
+TUNING = {"untuned": "0", "worker_tuned": "workers"}
+
+
 def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
     """The child's environment: its own empty compile cache, and for `pycache` a bytecode cache."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
-    if variant == "pycache":
+    if variant in ("pycache", *TUNING):
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = f"{cache_dir}-bytecode"
+    if variant in TUNING:
+        from fastsync.accel.compile import KERNEL_TUNING_ENV
+
+        env[KERNEL_TUNING_ENV] = TUNING[variant]
     return env
 
 
@@ -87,6 +100,32 @@ def time_inductor_runtime() -> dict:
     return spent
 
 
+def kernel_tuning() -> dict:
+    """Inductor's switches for timing launch configs, as this process has them."""
+    import torch._inductor.config as inductor
+
+    tests = getattr(inductor, "test_configs", None)
+    return {"autotune_pointwise": inductor.triton.autotune_pointwise,
+            "force_filter_reduction_configs": getattr(tests, "force_filter_reduction_configs", None)}
+
+
+def steady_chunk_s(components, repeat: int = 5) -> list[float]:
+    """A job's chunk after the warm-up: what the kernels chosen cost once all is compiled and
+    captured (16 synthetic frames, all 20 denoising steps and the VAE), `repeat` times."""
+    import torch
+
+    from fastsync.accel.warmup import warm_chunk
+    from fastsync.denoise import SamplingOptions
+
+    spent = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        warm_chunk(components, SamplingOptions(), steps=SamplingOptions().steps)
+        torch.cuda.synchronize()
+        spent.append(round(time.perf_counter() - started, 4))
+    return spent
+
+
 def child(checkpoint_dir: str, variant: str) -> None:
     started = time.perf_counter()
     import torch
@@ -107,11 +146,13 @@ def child(checkpoint_dir: str, variant: str) -> None:
     warm = engine.warm_up(SamplingOptions())
     warmed = time.perf_counter()
     store = engine.components.cache.get("region_compiler")
+    steady = steady_chunk_s(engine.components)
     print(json.dumps({"import_s": round(imported - started, 2), "of_which_torch_s": round(torch_imported - started, 2),
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
                       "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
                       "load_parts_s": engine.components.load_timings, "warm_up": warm,
-                      "regions": store.stats.__dict__ if store is not None else None,
+                      "steady_chunk_s": steady, "regions": store.stats.__dict__ if store is not None else None,
+                      "kernel_tuning": kernel_tuning(),
                       "inductor_runtime": {k: round(v, 3) for k, v in inductor_runtime.items()}}))
 
 
@@ -151,10 +192,10 @@ def main() -> None:
         cache_dir = f"{args.cache_dir}-{variant}"
         env = variant_env(variant, cache_dir)
         results[f"cache_dir_empty_at_start_{variant}"] = not Path(cache_dir).exists()
-        if variant == "pycache":  # as a pip install leaves it: bytecode for what the engine imports
+        if variant in ("pycache", *TUNING):  # as a pip install leaves it: bytecode for what the engine imports
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", PYCACHE_FILL], env=env, check=True)
-            results["pycache_fill_s"] = round(time.perf_counter() - started, 2)
+            results[f"pycache_fill_s_{variant}"] = round(time.perf_counter() - started, 2)
         for name in ("first_process", "second_process"):
             entry = run_child("bench.bench_cold_start", [str(args.checkpoint_dir), variant], env)
             entry["name"], entry["variant"] = name, variant
@@ -170,6 +211,10 @@ def main() -> None:
             results[f"ratios_{other}_over_precompile"] = {
                 name: round(by[(other, name)] / by[("precompile", name)], 2)
                 for name in ("first_process", "second_process")}
+    for other in TUNING:
+        if {"pycache", other} <= set(args.variants):
+            results[f"ratios_{other}_over_pycache"] = {
+                name: round(by[(other, name)] / by[("pycache", name)], 2) for name in ("first_process", "second_process")}
     save(results, args.out)
 
 

@@ -26,6 +26,10 @@ from fastsync.models.resnet import ResnetBlock
 
 REGIONS = (ResnetBlock, SpatialTransformer, MotionModule)
 DEFAULT_CACHE_DIR = os.path.expanduser("~/.cache/fastsync/inductor")
+# "0": no timing of Triton launch configs (see configure_inductor); "workers": the compile
+# workers time them (parallel_compile.compile_payload). Read by the compile workers too,
+# which inherit the environment.
+KERNEL_TUNING_ENV = "FASTSYNC_KERNEL_TUNING"
 
 
 def configure_inductor(cache_dir: str | None = None) -> None:
@@ -42,6 +46,16 @@ def configure_inductor(cache_dir: str | None = None) -> None:
     # Convs and matmuls stay with cuDNN/cuBLAS; inductor fuses the norms and pointwise ops
     # around them, which is where eager PyTorch loses its time on this model.
     inductor.coordinate_descent_tuning = False
+    if os.environ.get(KERNEL_TUNING_ENV, "1") == "0":
+        # Without it inductor gives a pointwise or reduction kernel several launch configs and
+        # times them all on the kernel's first launch. The compile workers cannot launch, so a
+        # first process times every kernel itself; a later one reads the choices from the cache.
+        # Off, each kernel keeps inductor's heuristic first choice and nothing is timed.
+        inductor.triton.autotune_pointwise = False
+        # reductions: inductor's filter to one config (a test switch in torch 2.9-2.13; it only
+        # narrows the configs), where this torch has it
+        if hasattr(inductor, "test_configs") and hasattr(inductor.test_configs, "force_filter_reduction_configs"):
+            inductor.test_configs.force_filter_reduction_configs = True
 
 
 def regions_dir() -> str:
