@@ -14,10 +14,10 @@ one after another in the process (compile_workers=0); plain lazy torch.compile; 
 with Python's bytecode cached in a folder of its own (PYTHONPYCACHEPREFIX, with
 PYTHONDONTWRITEBYTECODE unset), for images that ship packages without bytecode and forbid
 writing it beside them, as the GPU image does (`bytecode_shipped` in the results); and
-`untuned` and `worker_tuned`, pycache's setting without the timing of Triton launch
-configs, or with the compile workers timing them (fastsync.accel.compile.KERNEL_TUNING_ENV). Each process also runs the warm-up's chunk
-five times more (`steady_chunk_s`), so that what untuned kernels cost shows beside what
-they save.
+`tuned`, pycache's setting with inductor's timing of Triton launch configs on first launch
+(fastsync.accel.compile.kernel_tuning). Each process also runs a job's chunk five times
+after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
+what their choosing cost.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -46,7 +46,7 @@ def write_checkpoints(root: Path) -> None:
 
 
 VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {},
-            "untuned": {}, "worker_tuned": {}}
+            "tuned": {}}
 
 
 # the modules a fast-mode process and its compile workers import, not the compiler's own
@@ -55,8 +55,8 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
                 "import fastsync.api, fastsync.accel.parallel_compile, fastsync.accel.precompile")
 
 
-# variants with pycache's setting and another choice of who times Triton's launch configs
-TUNING = {"untuned": "0", "worker_tuned": "workers"}
+# variants with pycache's setting and another choice on timing Triton's launch configs
+TUNING = {"tuned": "1"}
 
 
 def variant_env(variant: str, cache_dir: str) -> dict[str, str]:

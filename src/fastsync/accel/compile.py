@@ -26,10 +26,26 @@ from fastsync.models.resnet import ResnetBlock
 
 REGIONS = (ResnetBlock, SpatialTransformer, MotionModule)
 DEFAULT_CACHE_DIR = os.path.expanduser("~/.cache/fastsync/inductor")
-# "0": no timing of Triton launch configs (see configure_inductor); "workers": the compile
-# workers time them (parallel_compile.compile_payload). Read by the compile workers too,
-# which inherit the environment.
+# "1": let inductor time each Triton kernel's launch configs on its first launch, as it does
+# by default. fastsync's default is off (see kernel_tuning). The compile workers inherit it.
 KERNEL_TUNING_ENV = "FASTSYNC_KERNEL_TUNING"
+
+
+def kernel_tuning() -> bool:
+    """Whether Triton kernels time their launch configs on first launch (KERNEL_TUNING_ENV).
+
+    Inductor gives a pointwise or reduction kernel several launch configs and times them on
+    the kernel's first launch; a later process reads the choices from the cache. The compile
+    workers only compile, so in a first process the main process did all the timing: 10.3
+    and 12.7 s in 258 kernels on an H200, the whole difference between a first and a second
+    process's warm chunk. Off, each kernel keeps inductor's heuristic first config. Side by
+    side, a job's 20-step chunk took the same time either way (1.236 against 1.227 s in a
+    second process, 1.269 against 1.283 s in a first), and a first process took 48.1 s
+    against 79.4 s (bench/results/cold_start_h200_tuning.json). Letting the workers launch
+    and time instead (a one-off variant, measured there) kept the main process free of it but
+    made the workers' part 12 s longer: 66.2 s.
+    """
+    return os.environ.get(KERNEL_TUNING_ENV, "0") == "1"
 
 
 def configure_inductor(cache_dir: str | None = None) -> None:
@@ -46,16 +62,13 @@ def configure_inductor(cache_dir: str | None = None) -> None:
     # Convs and matmuls stay with cuDNN/cuBLAS; inductor fuses the norms and pointwise ops
     # around them, which is where eager PyTorch loses its time on this model.
     inductor.coordinate_descent_tuning = False
-    if os.environ.get(KERNEL_TUNING_ENV, "1") == "0":
-        # Without it inductor gives a pointwise or reduction kernel several launch configs and
-        # times them all on the kernel's first launch. The compile workers cannot launch, so a
-        # first process times every kernel itself; a later one reads the choices from the cache.
-        # Off, each kernel keeps inductor's heuristic first choice and nothing is timed.
+    if not kernel_tuning():
         inductor.triton.autotune_pointwise = False
-        # reductions: inductor's filter to one config (a test switch in torch 2.9-2.13; it only
-        # narrows the configs), where this torch has it
-        if hasattr(inductor, "test_configs") and hasattr(inductor.test_configs, "force_filter_reduction_configs"):
-            inductor.test_configs.force_filter_reduction_configs = True
+        # reductions: inductor's filter down to one config, a test switch of torch's (torch
+        # 2.11 has it); it only narrows the configs
+        tests = getattr(inductor, "test_configs", None)
+        if hasattr(tests, "force_filter_reduction_configs"):
+            tests.force_filter_reduction_configs = True
 
 
 def regions_dir() -> str:

@@ -140,20 +140,7 @@ def compile_payload(payload: bytes) -> tuple[bytes, float]:
     # Dynamo guards on the grad and inference modes: compile under the caller's.
     with torch.inference_mode(state["inference"]), torch.set_grad_enabled(state["grad"]):
         fn = precompile.compile_ahead(type(module).forward, (module, *args), kwargs)
-        if tune_here():
-            # One launch of the zero-filled call: inductor times each kernel's launch configs
-            # on its first launch and keeps its choices in the shared cache, where the main
-            # process finds them when it loads the kernels (timing needs shapes, not values).
-            fn(module, *args, **kwargs)
-            torch.cuda.synchronize()
     return precompile.serialize(fn), time.perf_counter() - started
-
-
-def tune_here() -> bool:
-    """Whether a worker launches what it compiled, to time the kernels' configs itself."""
-    from fastsync.accel.compile import KERNEL_TUNING_ENV
-
-    return torch.cuda.is_available() and os.environ.get(KERNEL_TUNING_ENV) == "workers"
 
 
 def _worker_main(kernel_threads: int) -> None:

@@ -225,7 +225,7 @@ def _module_key(module: nn.Module) -> str:
         tensors = [f"{n}:{_value_key(t)}" for n, t in (*module.named_parameters(), *module.named_buffers())]
         cls = type(module)
         cached = ";".join([f"format{FORMAT}", f"torch{torch.__version__}", _code_key(),
-                           f"{cls.__module__}.{cls.__qualname__}", _device_key(), *tensors])
+                           f"{cls.__module__}.{cls.__qualname__}", _device_key(), _tuning_key(), *tensors])
         module.__dict__["_fastsync_region_key"] = cached
     return cached
 
@@ -254,6 +254,14 @@ def source_digest(files: list[Path], root: Path) -> str:
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _tuning_key() -> str:
+    """Kernels compiled with and without launch-config timing differ (compile.kernel_tuning):
+    switching it must not load the other's."""
+    from fastsync.accel.compile import kernel_tuning  # that module imports this one
+
+    return "tuned" if kernel_tuning() else "untuned"
 
 
 def _device_key() -> str:
