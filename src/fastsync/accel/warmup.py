@@ -35,8 +35,8 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     chunk_started = time.perf_counter()
     warm_chunk(c, sampling)
     torch.cuda.synchronize()
-    # the compiled chunk with its graph capture; in a first process it has taken 10-14 s
-    # longer than in a second (bench/results/README.md, fifth session)
+    # the compiled chunk with its graph capture: about 1 s on an H200, in a first process as
+    # in a second, now that no kernel times its launch configs (compile.kernel_tuning)
     spent["warmup_chunk_s"] = round(time.perf_counter() - chunk_started, 3)
     spent["warmup_compile_capture_s"] = round(time.perf_counter() - started, 3)
     spent["warmup_audio_s"] = _warm_audio(c, sampling.num_frames)
