@@ -104,6 +104,17 @@ def test_one_step_would_miss_the_cached_pass(monkeypatch):
     assert "cached_step" not in {name for name, _ in calls}
 
 
+def test_a_chunk_with_a_job_s_steps():
+    """What bench_cold_start times after a warm-up: the chunk with every step of a job's."""
+    sampling = SamplingOptions(steps=20, deepcache_interval=3, num_frames=FRAMES)
+    calls = []
+    c = _components(calls)
+    _record_passes(c, sampling, calls)
+    with torch.inference_mode():
+        warm_chunk(c, sampling, steps=sampling.steps)
+    assert sum(name.endswith("_step") for name, _ in calls) == 20
+
+
 def test_a_warm_up_leaves_a_job_s_steps_alone():
     """The warm-up sets the shared scheduler to two steps; the next job's denoiser sets its own."""
     sampling = SamplingOptions(steps=20, num_frames=FRAMES)

@@ -66,14 +66,15 @@ def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str,
             **{f"regions_parallel_{name}": value for name, value in stats.timeline().items()}}
 
 
-def warm_chunk(c: Components, sampling: SamplingOptions, *, graphs: bool = True, steps: int = WARM_STEPS) -> None:
+def warm_chunk(c: Components, sampling: SamplingOptions, *, graphs: bool = True, steps: int | None = None) -> None:
     """One synthetic chunk of the job's shape through the job's predictor, in `steps` steps
-    at most. graphs=False: through a predictor like it that captures no CUDA graphs."""
+    at most (WARM_STEPS unless told). graphs=False: through a predictor like it that
+    captures no CUDA graphs."""
     from fastsync.accel.predictor import graphless_predictor, make_predictor
 
     # the job's own predictor, so that its graphs are kept
     predict, reset = make_predictor(c, sampling) if graphs else graphless_predictor(c, sampling)
-    short = dataclasses.replace(sampling, steps=min(sampling.steps, steps))
+    short = dataclasses.replace(sampling, steps=min(sampling.steps, steps or WARM_STEPS))
     denoiser = ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, short, device=c.device, dtype=c.dtype,
                              batch_vae=c.options.fast.batch_vae,
                              vae_micro_batch=c.options.fast.vae_micro_batch, on_chunk_start=reset)
