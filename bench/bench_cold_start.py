@@ -127,8 +127,11 @@ def steady_chunk_s(components, repeat: int = 5) -> list[float]:
 
 
 def ready_wall_s(entry: dict) -> float | None:
-    """A child's cold start: its process wall less the job chunks it ran after the warm-up
-    (`steady_chunk_s`), which a user's process does not run before its first job."""
+    """A child's cold start: from its start until it was ready for a job (`ready_at`), or, in
+    results written before children reported that, its process wall less the job chunks it
+    ran after the warm-up (`steady_chunk_s`), which a user's process does not run."""
+    if "ready_at" in entry and "spawned_at" in entry:
+        return round(entry["ready_at"] - entry["spawned_at"], 2)
     wall = entry.get("process_wall_s")
     return None if wall is None else round(wall - sum(entry.get("steady_chunk_s", ())), 2)
 
@@ -152,13 +155,14 @@ def child(checkpoint_dir: str, variant: str) -> None:
     loaded = time.perf_counter()
     warm = engine.warm_up(SamplingOptions())
     warmed = time.perf_counter()
+    ready_at = time.time()
     store = engine.components.cache.get("region_compiler")
     steady = steady_chunk_s(engine.components)
     print(json.dumps({"import_s": round(imported - started, 2), "of_which_torch_s": round(torch_imported - started, 2),
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
                       "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
                       "load_parts_s": engine.components.load_timings, "warm_up": warm,
-                      "steady_chunk_s": steady, "regions": store.stats.__dict__ if store is not None else None,
+                      "ready_at": ready_at, "steady_chunk_s": steady, "regions": store.stats.__dict__ if store is not None else None,
                       "kernel_tuning": kernel_tuning(),
                       "inductor_runtime": {k: round(v, 3) for k, v in inductor_runtime.items()}}))
 
@@ -207,6 +211,10 @@ def main() -> None:
             entry = run_child("bench.bench_cold_start", [str(args.checkpoint_dir), variant], env)
             entry["name"], entry["variant"] = name, variant
             entry["ready_wall_s"] = ready_wall_s(entry)
+            if "ready_at" in entry:  # the interpreter's start before the child's clock, and its exit
+                entry["start_s"] = round(entry["ready_at"] - entry["spawned_at"] - entry["total_s"], 2)
+                entry["exit_s"] = round(entry["spawned_at"] + entry["process_wall_s"] - entry["ready_at"]
+                                        - sum(entry.get("steady_chunk_s", ())), 2)
             results["processes"].append(entry)
             print(entry, flush=True)
             save(results, args.out)

@@ -61,11 +61,14 @@ def save(results: dict, path: Path) -> None:
 
 def run_child(module: str, child_args: list[str], env: dict | None = None) -> dict:
     """`python -m module --child *child_args` in a fresh process: its last JSON line (or the
-    end of its stderr, under "error"), with the process's wall time."""
+    end of its stderr, under "error"), with the process's wall time and the clock time it
+    was started at (`spawned_at`, time.time(): a child can report when it got somewhere)."""
+    spawned_at = time.time()
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", module, "--child", *child_args], env=env, capture_output=True,
                           text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     entry = json.loads(lines[-1]) if lines else {"error": proc.stderr[-2000:]}
     entry["process_wall_s"] = round(time.perf_counter() - started, 2)
+    entry["spawned_at"] = spawned_at
     return entry
