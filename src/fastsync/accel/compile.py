@@ -40,10 +40,10 @@ def kernel_tuning() -> bool:
     and 12.7 s in 258 kernels on an H200, the whole difference between a first and a second
     process's warm chunk. Off, each kernel keeps inductor's heuristic first config. Side by
     side, a job's 20-step chunk took the same time either way (1.236 against 1.227 s in a
-    second process, 1.269 against 1.283 s in a first), and a first process took 48.1 s
-    against 79.4 s (bench/results/cold_start_h200_tuning.json). Letting the workers launch
-    and time instead (a one-off variant, measured there) kept the main process free of it but
-    made the workers' part 12 s longer: 66.2 s.
+    second process, 1.269 against 1.283 s in a first), and a first process was ready after
+    41.8 s against 72.9 s (bench/results/cold_start_h200_tuning.json). Letting the workers
+    launch and time instead (a one-off variant, measured there) kept the main process free
+    of it but made the workers' part 12 s longer: ready after 60.0 s.
     """
     return os.environ.get(KERNEL_TUNING_ENV, "0") == "1"
 
