@@ -57,12 +57,13 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
 
 # variants with pycache's setting and another choice on timing Triton's launch configs
 TUNING = {"tuned": "1"}
+BYTECODE_VARIANTS = ("pycache", *TUNING)  # run with a filled bytecode cache
 
 
 def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
     """The child's environment: its own empty compile cache, and for `pycache` a bytecode cache."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
-    if variant in ("pycache", *TUNING):
+    if variant in BYTECODE_VARIANTS:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = f"{cache_dir}-bytecode"
     if variant in TUNING:
@@ -136,6 +137,17 @@ def ready_wall_s(entry: dict) -> float | None:
     return None if wall is None else round(wall - sum(entry.get("steady_chunk_s", ())), 2)
 
 
+# the ratios main() reports, each where both variants ran: (variant, the one it is set against)
+RATIOS = (("lazy", "precompile"), ("sequential", "precompile"), ("pycache", "precompile"),
+          *((variant, "pycache") for variant in TUNING))
+
+
+def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:
+    """Variant `other`'s cold start over `base`'s, for the first and the second process."""
+    walls = {(p.get("variant", "precompile"), p["name"]): ready_wall_s(p) for p in processes}
+    return {name: round(walls[(other, name)] / walls[(base, name)], 2) for name in ("first_process", "second_process")}
+
+
 def child(checkpoint_dir: str, variant: str) -> None:
     started = time.perf_counter()
     import torch
@@ -203,7 +215,7 @@ def main() -> None:
         cache_dir = f"{args.cache_dir}-{variant}"
         env = variant_env(variant, cache_dir)
         results[f"cache_dir_empty_at_start_{variant}"] = not Path(cache_dir).exists()
-        if variant in ("pycache", *TUNING):  # as a pip install leaves it: bytecode for what the engine imports
+        if variant in BYTECODE_VARIANTS:  # as a pip install leaves it: bytecode for what the engine imports
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", PYCACHE_FILL], env=env, check=True)
             results[f"pycache_fill_s_{variant}"] = round(time.perf_counter() - started, 2)
@@ -218,19 +230,9 @@ def main() -> None:
             results["processes"].append(entry)
             print(entry, flush=True)
             save(results, args.out)
-    by = {(p["variant"], p["name"]): ready_wall_s(p) for p in results["processes"]}
-    if {"precompile", "lazy"} <= set(args.variants):
-        results["ratios_lazy_over_precompile"] = {
-            name: round(by[("lazy", name)] / by[("precompile", name)], 2) for name in ("first_process", "second_process")}
-    for other in ("sequential", "pycache"):
-        if {"precompile", other} <= set(args.variants):
-            results[f"ratios_{other}_over_precompile"] = {
-                name: round(by[(other, name)] / by[("precompile", name)], 2)
-                for name in ("first_process", "second_process")}
-    for other in TUNING:
-        if {"pycache", other} <= set(args.variants):
-            results[f"ratios_{other}_over_pycache"] = {
-                name: round(by[(other, name)] / by[("pycache", name)], 2) for name in ("first_process", "second_process")}
+    for other, base in RATIOS:
+        if {other, base} <= set(args.variants):
+            results[f"ratios_{other}_over_{base}"] = ratios(results["processes"], other, base)
     save(results, args.out)
 
 

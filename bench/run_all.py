@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_cold_start import ready_wall_s
+from bench import bench_cold_start as cold_start
 from bench.common import environment, save
 
 TARGETS = {
@@ -46,10 +46,9 @@ def _verdict(measured: dict) -> dict:
 
 
 def _cold_start_ratios(cold: dict, chosen: str) -> dict:
-    walls = {(p.get("variant", "precompile"), p["name"]): ready_wall_s(p) for p in cold["processes"]}
-    return {f"{variant}_over_{chosen}": {name: round(walls[(variant, name)] / walls[(chosen, name)], 2)
-                                         for name in ("first_process", "second_process")}
-            for variant in sorted({v for v, _ in walls} - {chosen})}
+    variants = {p.get("variant", "precompile") for p in cold["processes"]}
+    return {f"{variant}_over_{chosen}": cold_start.ratios(cold["processes"], variant, chosen)
+            for variant in sorted(variants - {chosen})}
 
 
 def main() -> None:
@@ -99,7 +98,7 @@ def main() -> None:
     cold = json.loads(args.cold_start_json.read_text()) if args.cold_start_json else None
     if cold:
         # fast mode's default (the precompile variant, unless told) where the run compared variants
-        walls = {p["name"]: ready_wall_s(p) for p in cold["processes"]
+        walls = {p["name"]: cold_start.ready_wall_s(p) for p in cold["processes"]
                  if p.get("variant", "precompile") == args.cold_start_variant}
         measured["cold_start_first_s"], measured["cold_start_second_s"] = walls["first_process"], walls["second_process"]
     results = {
