@@ -17,7 +17,8 @@ writing it beside them, as the GPU image does (`bytecode_shipped` in the results
 `tuned`, pycache's setting with inductor's timing of Triton launch configs on first launch
 (fastsync.accel.compile.kernel_tuning). Each process also runs a job's chunk five times
 after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
-what their choosing cost.
+what their choosing cost. `--profile` runs a third process after each pair under cProfile
+and writes where its Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -148,7 +149,36 @@ def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:
     return {name: round(walls[(other, name)] / walls[(base, name)], 2) for name in ("first_process", "second_process")}
 
 
+PROFILE_ENV = "FASTSYNC_BENCH_PROFILE"  # the child's profile goes to this file
+
+
+def profiled(body, path: str | None) -> None:
+    """`body()`, under cProfile when `path` is set: its top functions, by cumulative and by
+    own time, written to `path` (a profile inflates Python-heavy parts: compare shares)."""
+    if not path:
+        return body()
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        return body()
+    finally:
+        profile.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(120)
+        stats.sort_stats("tottime").print_stats(60)
+        Path(path).write_text(text.getvalue())
+
+
 def child(checkpoint_dir: str, variant: str) -> None:
+    profiled(lambda: _child(checkpoint_dir, variant), os.environ.get(PROFILE_ENV))
+
+
+def _child(checkpoint_dir: str, variant: str) -> None:
     started = time.perf_counter()
     import torch
 
@@ -204,6 +234,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/fastsync-checkpoints"))
     parser.add_argument("--variants", default="precompile", type=lambda v: v.split(","),
                         help=f"any of {', '.join(VARIANTS)}: one pair of processes each")
+    parser.add_argument("--profile", action="store_true", help="a third process per variant, under cProfile")
     args = parser.parse_args()
     results = {"environment": environment(), "import_environment": _import_environment(), "processes": []}
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
@@ -219,7 +250,10 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", PYCACHE_FILL], env=env, check=True)
             results[f"pycache_fill_s_{variant}"] = round(time.perf_counter() - started, 2)
-        for name in ("first_process", "second_process"):
+        names = ("first_process", "second_process", *(("profiled_process",) if args.profile else ()))
+        for name in names:
+            if name == "profiled_process":
+                env = dict(env, **{PROFILE_ENV: str(args.out.with_name(f"{args.out.stem}_{variant}_profile.txt"))})
             entry = run_child("bench.bench_cold_start", [str(args.checkpoint_dir), variant], env)
             entry["name"], entry["variant"] = name, variant
             entry["ready_wall_s"] = ready_wall_s(entry)

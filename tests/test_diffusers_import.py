@@ -74,3 +74,49 @@ def test_a_users_use_flax_is_kept(tmp_path):
     # the stand-in proves the switch is what keeps Flax out: with it on, diffusers imports it
     out = _run(_broken_flax(tmp_path), {"USE_FLAX": "1"})
     assert "FASTSYNC_ERROR" in out and "the stand-in flax was imported" in out
+
+
+LOAD_SCRIPT = """
+import sys
+from fastsync.engine import EngineOptions, FastOptions, load_components
+from fastsync.errors import FastsyncError
+options = EngineOptions(random_weights=True, model_size="tiny", device="cpu", mode=sys.argv[1],
+                        fast=FastOptions(import_ahead=sys.argv[2] == "on", compile=False, host_processes=False))
+try:
+    load_components(options)
+except FastsyncError as exc:
+    print("FASTSYNC_ERROR", exc)
+else:
+    print("NO_ERROR")
+"""
+
+
+def _load(extra_path: Path, mode: str, ahead: str) -> str:
+    path = [str(SRC), str(extra_path)]
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, mode, ahead], capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _transformers_naming_its_thread(root: Path) -> Path:
+    _broken_package(root, "transformers", "")
+    (root / "transformers" / "__init__.py").write_text(
+        "import threading\nraise ImportError('imported in ' + threading.current_thread().name)\n")
+    return root
+
+
+def test_fast_mode_imports_the_vae_in_a_thread_and_its_error_reaches_the_caller(tmp_path):
+    """FastOptions.import_ahead: diffusers is imported beside the UNet's load, off the main
+    thread; an import that fails there still fails the load with fastsync's error."""
+    out = _load(_transformers_naming_its_thread(tmp_path), "fast", "on")
+    assert "FASTSYNC_ERROR diffusers could not import AutoencoderKL" in out
+    assert "imported in fastsync-import" in out
+
+
+def test_without_import_ahead_and_in_reference_mode_the_main_thread_imports(tmp_path):
+    root = _transformers_naming_its_thread(tmp_path)
+    for mode, ahead in (("fast", "off"), ("reference", "on")):
+        out = _load(root, mode, ahead)
+        assert "FASTSYNC_ERROR diffusers could not import AutoencoderKL" in out
+        assert "imported in MainThread" in out, (mode, ahead, out)
