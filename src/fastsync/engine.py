@@ -79,6 +79,10 @@ class FastOptions:
     # installed: 4.8-8.0 s of a later process's start on the H200 image); the UNet's load
     # is mostly file reads and copies to the GPU, which let go of the GIL.
     import_ahead: bool = True
+    # In a later process (its regions on disk, no compile workers started), warm up with the
+    # compiled chunk alone, and run the listing pass only if some region was missing
+    # (fastsync.accel.warmup). False: always list first, as a first process does.
+    direct_warm_up: bool = True
 
 
 @dataclass(frozen=True)
