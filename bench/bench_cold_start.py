@@ -19,10 +19,6 @@ writing it beside them, as the GPU image does (`bytecode_shipped` in the results
 after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
 what their choosing cost. `--profile` runs a third process after each pair under cProfile
 and writes where its Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
-`--later-variants serial_import,listing --rounds 3` then runs later processes only, on the
-first variant's cache, alternating with that variant's own, `--rounds` times: switches that
-change nothing a first process keeps on disk, whose few seconds the run-to-run spread of a
-later process (several seconds) would hide in a single pair.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -52,11 +48,6 @@ def write_checkpoints(root: Path) -> None:
 
 VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {},
             "tuned": {}}
-
-
-# later-process-only switches, run on the first variant's cache (see above)
-LATER_VARIANTS = {"serial_import": {"import_ahead": False}, "listing": {"direct_warm_up": False}}
-STEADY_ENV = "FASTSYNC_BENCH_STEADY"  # job chunks a child runs after its warm-up (default 5)
 
 
 # the modules a fast-mode process and its compile workers import, not the compiler's own
@@ -120,7 +111,7 @@ def kernel_tuning() -> dict:
             "force_filter_reduction_configs": getattr(tests, "force_filter_reduction_configs", None)}
 
 
-def steady_chunk_s(components, repeat: int) -> list[float]:
+def steady_chunk_s(components, repeat: int = 5) -> list[float]:
     """A job's chunk after the warm-up: what the kernels chosen cost once all is compiled and
     captured (16 synthetic frames, all 20 denoising steps and the VAE), `repeat` times."""
     import torch
@@ -201,14 +192,14 @@ def _child(checkpoint_dir: str, variant: str) -> None:
     inductor_runtime = time_inductor_runtime()
     cuda_ready = time.perf_counter()
     engine = LipSync.from_options(EngineOptions(checkpoint_dir=checkpoint_dir, device="cuda", mode="fast",
-                                                fast=FastOptions(**(VARIANTS | LATER_VARIANTS)[variant])))
+                                                fast=FastOptions(**VARIANTS[variant])))
     torch.cuda.synchronize()
     loaded = time.perf_counter()
     warm = engine.warm_up(SamplingOptions())
     warmed = time.perf_counter()
     ready_at = time.time()
     store = engine.components.cache.get("region_compiler")
-    steady = steady_chunk_s(engine.components, int(os.environ.get(STEADY_ENV, "5")))
+    steady = steady_chunk_s(engine.components)
     print(json.dumps({"import_s": round(imported - started, 2), "of_which_torch_s": round(torch_imported - started, 2),
                       "cuda_init_s": round(cuda_ready - imported, 2), "load_s": round(loaded - cuda_ready, 2),
                       "compile_and_capture_s": round(warmed - loaded, 2), "total_s": round(warmed - started, 2),
@@ -251,19 +242,6 @@ def _run(results: dict, args, name: str, variant: str, env: dict) -> dict:
     return entry
 
 
-def later_ratios(processes: list[dict], base: str, variants: list[str]) -> dict[str, dict]:
-    """Each later variant's median ready wall over the base's, from the alternating rounds."""
-    import statistics
-
-    walls = {}
-    for p in processes:
-        if p["name"] == "later_process" and p.get("ready_wall_s") is not None:
-            walls.setdefault(p["variant"], []).append(p["ready_wall_s"])
-    base_median = statistics.median(walls[base])
-    return {v: {"median_s": statistics.median(walls[v]), "base_median_s": base_median,
-                "ratio": round(statistics.median(walls[v]) / base_median, 3)} for v in variants if v in walls}
-
-
 def main() -> None:
     from bench.common import environment, save  # not at the top: it imports torch, which the child times
 
@@ -274,9 +252,6 @@ def main() -> None:
     parser.add_argument("--variants", default="precompile", type=lambda v: v.split(","),
                         help=f"any of {', '.join(VARIANTS)}: one pair of processes each")
     parser.add_argument("--profile", action="store_true", help="a third process per variant, under cProfile")
-    parser.add_argument("--later-variants", default=[], type=lambda v: v.split(","),
-                        help=f"any of {', '.join(LATER_VARIANTS)}: later processes on the first variant's cache")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of --later-variants")
     args = parser.parse_args()
     results = {"environment": environment(), "import_environment": _import_environment(), "processes": []}
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
@@ -297,13 +272,6 @@ def main() -> None:
             if name == "profiled_process":
                 env = dict(env, **{PROFILE_ENV: str(args.out.with_name(f"{args.out.stem}_{variant}_profile.txt"))})
             _run(results, args, name, variant, env)
-    if args.later_variants:
-        base = args.variants[0]
-        env = dict(variant_env(base, f"{args.cache_dir}-{base}"), **{STEADY_ENV: "0"})
-        for round_ in range(args.rounds):
-            for variant in (base, *args.later_variants):
-                _run(results, args, "later_process", variant, env)["round"] = round_
-        results["later_ratios"] = later_ratios(results["processes"], base, args.later_variants)
     for other, base in RATIOS:
         if {other, base} <= set(args.variants):
             results[f"ratios_{other}_over_{base}"] = ratios(results["processes"], other, base)

@@ -64,7 +64,10 @@ _CHILD = "import time\n_t = time.perf_counter()\n{code}\n_s = time.perf_counter(
 
 
 def _child_env(src: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT)]))
+    """The caller's environment with `src` first on the path; the caller's own path stays
+    after it (where a GPU image's carried wheels are, diffusers among them)."""
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT), *kept]))
     env.pop("PYTHONSTARTUP", None)
     return env
 
@@ -140,7 +143,9 @@ def _time_chain(extra_args: list[str], env_extra: dict, code: str = HEAVY_CHAIN)
     script = _CHILD.format(code=code, heavy=HEAVY)
     env = {k: v for k, v in dict(_child_env(ROOT / "src"), **env_extra).items() if v is not None}
     done = subprocess.run([sys.executable, *extra_args, "-c", script], env=env, capture_output=True, text=True,
-                          check=True, cwd=tempfile.gettempdir())
+                          cwd=tempfile.gettempdir())
+    if done.returncode:
+        raise RuntimeError(f"the timed import failed ({code!r}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["s"]
 
 

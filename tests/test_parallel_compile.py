@@ -180,94 +180,28 @@ def test_workers_start_before_the_load_only_for_a_first_process_on_a_gpu(tmp_pat
     assert started == [3]
 
 
-def _regions_installed(directory, **fast):
-    """Tiny fast-mode components at 128 px with every region routed through a compiler on
-    `directory`. At 128 px no latent is 1x1: an eager size-1 dimension can carry other strides
-    than a compiled one, so a 64 px model would meet one region again in another layout and
-    compile it in the main process."""
-    from fastsync.accel.compile import compile_regions, compile_vae_regions
-
-    c = _components(None, res=128, compile=True, compile_workers=2, **fast)
-    store = c.cache["region_compiler"] = precompile.RegionCompiler(directory)
-    assert compile_regions(c.unet, store=store) and compile_vae_regions(c.vae, store=store)
-    return c, store
-
-
-SAMPLING = dict(steps=20, num_frames=FRAMES)
-
-
-@pytest.fixture(scope="module")
-def warmed(tmp_path_factory):
-    """A first process's warm-up, side by side: its components, stats, and its folder."""
+def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(tmp_path):
+    """The tiny UNet and VAE, every region installed, through the warm-up's side-by-side phase.
+    At 128 px no latent is 1x1: an eager size-1 dimension can carry other strides than a compiled
+    one, so a 64 px model would meet one region again in another layout and compile it here."""
+    from fastsync.accel.compile import compile_regions, compile_vae_regions, eager_context
     from fastsync.accel.warmup import _compile_side_by_side
     from fastsync.denoise import SamplingOptions
 
-    directory = tmp_path_factory.mktemp("warmed")
-    c, store = _regions_installed(directory)
+    c = _components(None, res=128, compile=True, compile_workers=2)
+    store = c.cache["region_compiler"] = precompile.RegionCompiler(tmp_path)
+    assert compile_regions(c.unet, store=store) and compile_vae_regions(c.vae, store=store)
+    sampling = SamplingOptions(steps=20, num_frames=FRAMES)
     with torch.inference_mode():
-        spent = _compile_side_by_side(c, SamplingOptions(**SAMPLING))
-    return c, store, spent, directory
-
-
-def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(warmed):
-    from fastsync.accel.compile import eager_context
-    from fastsync.denoise import SamplingOptions
-
-    c, store, spent, _ = warmed
-    sampling = SamplingOptions(**SAMPLING)
-    assert spent["regions_parallel_workers"] == 2
-    assert spent["regions_parallel_compiled"] == spent["regions_parallel_submitted"] > 10
-    assert store.stats.compiled == 0
-    with torch.inference_mode():
+        spent = _compile_side_by_side(c, sampling)
+        assert spent["regions_parallel_workers"] == 2
+        assert spent["regions_parallel_compiled"] == spent["regions_parallel_submitted"] > 10
+        assert store.stats.compiled == 0
         compiled = _job_chunk(c, sampling)  # a job's chunk: every region loaded, none compiled here
         assert store.stats.compiled == 0 and store.stats.received == spent["regions_parallel_compiled"]
         with eager_context():
             eager = _job_chunk(c, sampling)
     assert rel_err(compiled, eager) < 1e-4  # 20 steps of fp32 rounding in other orders
-
-
-def test_a_later_process_warms_up_in_one_compiled_chunk(warmed, tmp_path):
-    from fastsync.accel.predictor import make_predictor
-    from fastsync.accel.warmup import _warm_directly
-    from fastsync.denoise import SamplingOptions
-
-    # a later process on a copy of the first one's folder: no worker started, as the engine
-    # leaves it when regions are on disk
-    shutil.copytree(warmed[3], tmp_path, dirs_exist_ok=True)
-    c, store = _regions_installed(tmp_path)
-    sampling = SamplingOptions(**SAMPLING)
-    with torch.inference_mode():
-        assert _warm_directly(c, sampling) is not None
-        kept = make_predictor(c, sampling)[0]
-        _job_chunk(c, sampling)
-    assert store.stats.compiled == 0 and store.stats.loaded == warmed[2]["regions_parallel_compiled"]
-    assert make_predictor(c, sampling)[0] is kept  # the job's predictor, with its graphs, is the warm-up's
-    # switched off, or in a process that started workers, it leaves the warm-up to the listing
-    c_off, _ = _regions_installed(tmp_path, direct_warm_up=False)
-    c_first, _ = _regions_installed(tmp_path)
-    c_first.cache["compile_workers"] = []
-    with torch.inference_mode():
-        assert _warm_directly(c_off, sampling) is None and _warm_directly(c_first, sampling) is None
-
-
-def test_a_region_missing_on_disk_falls_back_to_the_listing_pass(warmed, tmp_path):
-    from fastsync.accel.predictor import make_predictor
-    from fastsync.accel.warmup import _compile_side_by_side, _warm_directly
-    from fastsync.denoise import SamplingOptions
-
-    shutil.copytree(warmed[3], tmp_path, dirs_exist_ok=True)
-    files = sorted(tmp_path.glob("*.bin"))
-    files[0].unlink()
-    c, store = _regions_installed(tmp_path)
-    sampling = SamplingOptions(**SAMPLING)
-    with torch.inference_mode():
-        predictor = make_predictor(c, sampling)[0]
-        assert _warm_directly(c, sampling) is None
-        assert make_predictor(c, sampling)[0] is not predictor  # dropped, with any graph that held an eager region
-        assert store.stats.compiled == 0  # the missing one ran eagerly, for the workers to compile
-        spent = _compile_side_by_side(c, sampling)
-    assert spent["regions_parallel_submitted"] >= 1 and store.stats.compiled == 0
-    assert len(list(tmp_path.glob("*.bin"))) == len(files)
 
 
 def test_workers_get_the_parents_path_and_diffusers_switches(monkeypatch):

@@ -15,8 +15,6 @@ submodules instead would not help: Python runs the package's __init__ first.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,16 +89,6 @@ def diffusers_class(name: str):
             hint="if the error names transformers or tokenizers: upgrade transformers to a version that imports "
                  "cleanly, or uninstall it (fastsync does not need it)",
         ) from exc
-
-
-def import_ahead(name: str) -> Callable[[], type]:
-    """Start importing `diffusers.<name>` in a thread; the returned callable waits for the
-    class (and raises diffusers_class's error where the import failed). A later
-    `diffusers_class(name)` then finds the modules imported."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastsync-import")
-    future = pool.submit(diffusers_class, name)
-    pool.shutdown(wait=False)  # the thread ends with its one task
-    return future.result
 
 
 def make_scheduler() -> DDIMScheduler:

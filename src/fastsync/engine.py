@@ -74,15 +74,6 @@ class FastOptions:
     # limit). Past the launch queue's depth a launch blocks holding the GIL, which stalls
     # the decode/warp and paste/encode threads (fastsync.transfer.LaunchThrottle).
     max_queued: int = 2
-    # Import diffusers' VAE code in a thread while the UNet loads. The import is seconds of
-    # Python (diffusers pulls in HF transformers, scikit-learn and scipy where they are
-    # installed: 4.8-8.0 s of a later process's start on the H200 image); the UNet's load
-    # is mostly file reads and copies to the GPU, which let go of the GIL.
-    import_ahead: bool = True
-    # In a later process (its regions on disk, no compile workers started), warm up with the
-    # compiled chunk alone, and run the listing pass only if some region was missing
-    # (fastsync.accel.warmup). False: always list first, as a first process does.
-    direct_warm_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,11 +179,6 @@ def load_components(options: EngineOptions) -> Components:
     from fastsync.devices import make_current
 
     device = pick_device(options.device)
-    vae_class = None
-    if options.mode == "fast" and options.fast.import_ahead:
-        from fastsync.components import import_ahead
-
-        vae_class = import_ahead("AutoencoderKL")  # waited for where the VAE loads
     # --device cuda:1 must not put streams and graphs on GPU 0 (untested on a real second
     # GPU: the machines lent so far have one).
     make_current(device)
@@ -202,7 +188,7 @@ def load_components(options: EngineOptions) -> Components:
 
         compile_workers = prestart_compile_workers(options.fast, device)
     try:
-        components = _load(options, device, vae_class)
+        components = _load(options, device)
     except BaseException:
         if compile_workers:
             from fastsync.accel.parallel_compile import stop_workers
@@ -214,8 +200,7 @@ def load_components(options: EngineOptions) -> Components:
     return components
 
 
-def _load(options: EngineOptions, device: torch.device, vae_class=None) -> Components:
-    """vae_class: import_ahead's result, called before the VAE loads (it re-raises the import's error)."""
+def _load(options: EngineOptions, device: torch.device) -> Components:
     from fastsync.components import load_vae, make_scheduler, random_vae
     from fastsync.face.mask import mask_for_resolution
     from fastsync.models.loading import load_unet, random_unet
@@ -232,8 +217,6 @@ def _load(options: EngineOptions, device: torch.device, vae_class=None) -> Compo
         with clock.stage("unet"):
             unet = random_unet(config, seed=options.seed, device=device, dtype=dtype)
         with clock.stage("vae"):
-            if vae_class is not None:
-                vae_class()
             vae = random_vae("tiny" if options.model_size == "tiny" else "full", seed=options.seed)
             vae = vae.to(device=device, dtype=dtype)
         with clock.stage("whisper"):
@@ -242,8 +225,6 @@ def _load(options: EngineOptions, device: torch.device, vae_class=None) -> Compo
         with clock.stage("unet"):
             unet = load_unet(layout.require(layout.unet, options.version), config, device=device, dtype=dtype)
         with clock.stage("vae"):
-            if vae_class is not None:
-                vae_class()
             vae = load_vae(layout.vae_dir).to(device=device, dtype=dtype)
         with clock.stage("whisper"):
             # Whisper runs in the job's dtype, as the reference does (fp16 on a recent GPU).

@@ -83,9 +83,6 @@ class RegionCompiler:
         # instead, as (key, module, args, kwargs): fastsync.accel.parallel_compile.
         self.deferred = None
 
-    def has_files(self) -> bool:
-        return has_files(self.directory)
-
     @contextlib.contextmanager
     def deferring(self, collect):
         """Calls that would compile run eagerly instead, and `collect(key, module, args, kwargs)` sees each."""
@@ -191,11 +188,6 @@ class RegionCompiler:
                         self.directory, exc)
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-
-
-def has_files(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds any compiled function (a previous process's)."""
-    return any(Path(directory).glob("*.bin"))
 
 
 def compile_ahead(plain, call_args: tuple, kwargs: dict):

@@ -128,20 +128,11 @@ def one_off_shapes(compiled: bool):
 def make_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredictor, Callable[[], None]]:
     """Return (predict, on_chunk_start); on_chunk_start drops DeepCache's per-chunk state.
     Predictors live on the components, so CUDA graphs are captured once per engine."""
-    key = _key(sampling)
+    key = ("predictor", sampling.deepcache_interval, sampling.num_frames)
     if key not in c.cache:
         c.cache[key] = _build(c, sampling)
     predictor = c.cache[key]
     return predictor, predictor.reset
-
-
-def drop_predictor(c: Components, sampling: SamplingOptions) -> None:
-    """Forget the job's predictor for `sampling`, and the graphs it captured."""
-    c.cache.pop(_key(sampling), None)
-
-
-def _key(sampling: SamplingOptions) -> tuple:
-    return ("predictor", sampling.deepcache_interval, sampling.num_frames)
 
 
 def graphless_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredictor, Callable[[], None]]:

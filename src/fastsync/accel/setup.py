@@ -7,6 +7,7 @@ the plain one within a stated tolerance (tests/test_accel_*.py).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -73,7 +74,7 @@ def prestart_compile_workers(fast, device: torch.device) -> list | None:
     workers = parallel_compile.worker_count(fast.compile_workers)
     if device.type != "cuda" or not (fast.compile and fast.precompile and workers >= 2 and precompile.supported()):
         return None
-    if precompile.has_files(regions_dir()):  # a later process: its regions are most likely there
+    if any(Path(regions_dir()).glob("*.bin")):  # a later process: its regions are most likely there
         return None
     return parallel_compile.start_workers(workers)
 

@@ -9,11 +9,8 @@ timestep's value), so the other eighteen would only repeat replays.
 
 Where regions still have to be compiled, a first pass runs them eagerly while listing them,
 worker processes compile them side by side (fastsync.accel.parallel_compile), and the
-chunk then runs compiled and captures its graphs. A later process, which did not start workers
-because its regions are on disk, skips the listing: its compiled chunk loads them as it goes,
-and only if one was missing are its graphs dropped and the listing pass run after all. The
-warm-up has its own generator: a job's noise is unaffected. One second of silence then goes
-through the audio features, whose first call is slow too.
+chunk then runs compiled and captures its graphs. The warm-up has its own generator: a job's noise is unaffected. One second of
+silence then goes through the audio features, whose first call is slow too.
 """
 
 from __future__ import annotations
@@ -34,17 +31,13 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
     if c.options.mode != "fast" or c.device.type != "cuda":
         return {}
     started = time.perf_counter()
-    direct_s = _warm_directly(c, sampling)
-    if direct_s is not None:  # the regions loaded as the chunk went
-        spent = {"regions_listed": 0, "warmup_chunk_s": direct_s}
-    else:
-        spent = {"regions_listed": 1, **_compile_side_by_side(c, sampling)}
-        chunk_started = time.perf_counter()
-        warm_chunk(c, sampling)
-        torch.cuda.synchronize()
-        # the compiled chunk with its graph capture: about 1 s on an H200, in a first process as
-        # in a second, now that no kernel times its launch configs (compile.kernel_tuning)
-        spent["warmup_chunk_s"] = round(time.perf_counter() - chunk_started, 3)
+    spent = _compile_side_by_side(c, sampling)
+    chunk_started = time.perf_counter()
+    warm_chunk(c, sampling)
+    torch.cuda.synchronize()
+    # the compiled chunk with its graph capture: about 1 s on an H200, in a first process as
+    # in a second, now that no kernel times its launch configs (compile.kernel_tuning)
+    spent["warmup_chunk_s"] = round(time.perf_counter() - chunk_started, 3)
     spent["warmup_compile_capture_s"] = round(time.perf_counter() - started, 3)
     spent["warmup_audio_s"] = _warm_audio(c, sampling.num_frames)
     store = c.cache.get("region_compiler")
@@ -52,29 +45,6 @@ def warm_up(c: Components, sampling: SamplingOptions) -> dict[str, float]:
         spent |= {"regions_compile_s": round(store.stats.compile_s, 3), "regions_load_s": round(store.stats.load_s, 3),
                   "regions_received_load_s": round(store.stats.receive_s, 3)}
     return spent
-
-
-def _warm_directly(c: Components, sampling: SamplingOptions) -> float | None:
-    """The compiled chunk with its graph capture, in a process whose regions are most likely
-    on disk (FastOptions.direct_warm_up): its seconds. None where it did not run, or where a
-    region would have compiled: that one ran eagerly, and the graphs that may hold it are
-    dropped."""
-    from fastsync.accel.predictor import drop_predictor
-
-    store = c.cache.get("region_compiler")
-    if (not c.options.fast.direct_warm_up or store is None or "compile_workers" in c.cache
-            or not store.has_files()):
-        return None
-    started = time.perf_counter()
-    missing = []
-    with store.deferring(lambda key, *call: missing.append(key)):
-        warm_chunk(c, sampling)
-    if c.device.type == "cuda":
-        torch.cuda.synchronize()
-    if missing:
-        drop_predictor(c, sampling)
-        return None
-    return round(time.perf_counter() - started, 3)
 
 
 def _compile_side_by_side(c: Components, sampling: SamplingOptions) -> dict[str, float]:
