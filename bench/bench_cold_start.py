@@ -17,8 +17,13 @@ writing it beside them, as the GPU image does (`bytecode_shipped` in the results
 `tuned`, pycache's setting with inductor's timing of Triton launch configs on first launch
 (fastsync.accel.compile.kernel_tuning). Each process also runs a job's chunk five times
 after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
-what their choosing cost. `--profile` runs a third process after each pair under cProfile
+what their choosing cost. `lean` is pycache's setting in processes that cannot see the
+packages a fresh `pip install fastsync` lacks but the GPU image has and diffusers imports
+when present (LEAN_HIDDEN): what a user of a plain install gets. `--profile` runs a third process after each pair under cProfile
 and writes where its Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
+`--repeat-later N` then runs N more later processes per variant, the variants alternating,
+each on its own cache: a later process varies by seconds from run to run (mostly diffusers'
+import), which one pair per variant cannot tell from a difference between them.
 
     python -m bench.bench_cold_start --out bench/results/cold_start.json
 """
@@ -47,7 +52,7 @@ def write_checkpoints(root: Path) -> None:
 
 
 VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {},
-            "tuned": {}}
+            "tuned": {}, "lean": {}}
 
 
 # the modules a fast-mode process and its compile workers import, not the compiler's own
@@ -58,7 +63,38 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
 
 # variants with pycache's setting and another choice on timing Triton's launch configs
 TUNING = {"tuned": "1"}
-BYTECODE_VARIANTS = ("pycache", *TUNING)  # run with a filled bytecode cache
+BYTECODE_VARIANTS = ("pycache", *TUNING, "lean")  # run with a filled bytecode cache
+
+# Installed on the GPU image, not by fastsync's dependencies, and imported by diffusers (HF
+# transformers, which imports scikit-learn; scipy for its schedulers; Flax, which fastsync
+# already keeps out): bench/results/vae_import_h200.txt.
+LEAN_HIDDEN = ("transformers", "sklearn", "scipy", "jax", "flax")
+_LEAN_SITE = f"""
+import os, sys
+# `import name` fails, and importlib.util.find_spec(name) is None, as for a package not installed
+for _name in {LEAN_HIDDEN!r}:
+    sys.modules[_name] = None
+# an image's own sitecustomize, which this one shadows, still runs
+_here = os.path.dirname(os.path.abspath(__file__))
+_at = [i for i, p in enumerate(sys.path) if p and os.path.abspath(p) == _here]
+for _i in reversed(_at):
+    del sys.path[_i]
+sys.modules.pop("sitecustomize", None)
+try:
+    import sitecustomize  # noqa: F401
+except ImportError:
+    pass
+finally:
+    for _i in _at:
+        sys.path.insert(_i, _here)
+"""
+
+
+def lean_site(folder: Path) -> str:
+    """A folder for the front of PYTHONPATH whose sitecustomize hides LEAN_HIDDEN."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_LEAN_SITE)
+    return str(folder)
 
 
 def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
@@ -71,6 +107,9 @@ def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
         from fastsync.accel.compile import KERNEL_TUNING_ENV
 
         env[KERNEL_TUNING_ENV] = TUNING[variant]
+    if variant == "lean":
+        path = [lean_site(Path(f"{cache_dir}-site")), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(path)
     return env
 
 
@@ -140,7 +179,7 @@ def ready_wall_s(entry: dict) -> float | None:
 
 # the ratios main() reports, each where both variants ran: (variant, the one it is set against)
 RATIOS = (("lazy", "precompile"), ("sequential", "precompile"), ("pycache", "precompile"),
-          *((variant, "pycache") for variant in TUNING))
+          *((variant, "pycache") for variant in (*TUNING, "lean")))
 
 
 def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:
@@ -206,6 +245,7 @@ def _child(checkpoint_dir: str, variant: str) -> None:
                       "load_parts_s": engine.components.load_timings, "warm_up": warm,
                       "ready_at": ready_at, "steady_chunk_s": steady, "regions": store.stats.__dict__ if store is not None else None,
                       "kernel_tuning": kernel_tuning(),
+                      "imported_of_lean_hidden": [m for m in LEAN_HIDDEN if sys.modules.get(m) is not None],
                       "inductor_runtime": {k: round(v, 3) for k, v in inductor_runtime.items()}}))
 
 
@@ -242,6 +282,17 @@ def _run(results: dict, args, name: str, variant: str, env: dict) -> dict:
     return entry
 
 
+def later_medians(processes: list[dict]) -> dict[str, float]:
+    """Each variant's median ready wall over its second and later processes."""
+    import statistics
+
+    walls: dict[str, list[float]] = {}
+    for p in processes:
+        if p["name"] in ("second_process", "later_process") and p.get("ready_wall_s") is not None:
+            walls.setdefault(p["variant"], []).append(p["ready_wall_s"])
+    return {variant: round(statistics.median(w), 2) for variant, w in walls.items()}
+
+
 def main() -> None:
     from bench.common import environment, save  # not at the top: it imports torch, which the child times
 
@@ -252,6 +303,7 @@ def main() -> None:
     parser.add_argument("--variants", default="precompile", type=lambda v: v.split(","),
                         help=f"any of {', '.join(VARIANTS)}: one pair of processes each")
     parser.add_argument("--profile", action="store_true", help="a third process per variant, under cProfile")
+    parser.add_argument("--repeat-later", type=int, default=0, help="more later processes per variant, alternating")
     args = parser.parse_args()
     results = {"environment": environment(), "import_environment": _import_environment(), "processes": []}
     if not (args.checkpoint_dir / "latentsync_unet.pt").is_file():
@@ -272,6 +324,11 @@ def main() -> None:
             if name == "profiled_process":
                 env = dict(env, **{PROFILE_ENV: str(args.out.with_name(f"{args.out.stem}_{variant}_profile.txt"))})
             _run(results, args, name, variant, env)
+    for round_ in range(args.repeat_later):
+        for variant in args.variants:
+            _run(results, args, "later_process", variant, variant_env(variant, f"{args.cache_dir}-{variant}"))
+    if args.repeat_later:
+        results["later_median_ready_s"] = later_medians(results["processes"])
     for other, base in RATIOS:
         if {other, base} <= set(args.variants):
             results[f"ratios_{other}_over_{base}"] = ratios(results["processes"], other, base)
