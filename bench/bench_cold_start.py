@@ -324,7 +324,7 @@ def main() -> None:
             if name == "profiled_process":
                 env = dict(env, **{PROFILE_ENV: str(args.out.with_name(f"{args.out.stem}_{variant}_profile.txt"))})
             _run(results, args, name, variant, env)
-    for round_ in range(args.repeat_later):
+    for _ in range(args.repeat_later):
         for variant in args.variants:
             _run(results, args, "later_process", variant, variant_env(variant, f"{args.cache_dir}-{variant}"))
     if args.repeat_later:
