@@ -41,7 +41,9 @@ def kernel_tuning() -> bool:
     process's warm chunk. Off, each kernel keeps inductor's heuristic first config. Side by
     side, a job's 20-step chunk took the same time either way (1.236 against 1.227 s in a
     second process, 1.269 against 1.283 s in a first), and a first process was ready after
-    41.8 s against 72.9 s (bench/results/cold_start_h200_tuning.json). Letting the workers
+    41.8 s against 72.9 s (bench/results/cold_start_h200_tuning.json). The UNet's CFG forward
+    took 102.1 ms untimed against 102.2 ms timed, in one session (unet_h200_untuned.json,
+    unet_h200_tuned.json). Letting the workers
     launch and time instead (a one-off variant, measured there) kept the main process free
     of it but made the workers' part 12 s longer: ready after 60.0 s.
     """
