@@ -43,9 +43,9 @@ def kernel_tuning() -> bool:
     second process, 1.269 against 1.283 s in a first), and a first process was ready after
     41.8 s against 72.9 s (bench/results/cold_start_h200_tuning.json). The UNet's CFG forward
     took 102.1 ms untimed against 102.2 ms timed, in one session (unet_h200_untuned.json,
-    unet_h200_tuned.json). Letting the workers
-    launch and time instead (a one-off variant, measured there) kept the main process free
-    of it but made the workers' part 12 s longer: ready after 60.0 s.
+    unet_h200_tuned.json). Letting the workers launch and time instead (a one-off variant,
+    measured in cold_start_h200_tuning.json) kept the main process free of it but made the
+    workers' part 12 s longer: ready after 60.0 s.
     """
     return os.environ.get(KERNEL_TUNING_ENV, "0") == "1"
 
