@@ -66,27 +66,20 @@ TUNING = {"tuned": "1"}
 BYTECODE_VARIANTS = ("pycache", *TUNING, "lean")  # run with a filled bytecode cache
 
 # Installed on the GPU image, not by fastsync's dependencies, and imported by diffusers (HF
-# transformers, which imports scikit-learn; scipy for its schedulers; Flax, which fastsync
-# already keeps out): bench/results/vae_import_h200.txt.
-LEAN_HIDDEN = ("transformers", "sklearn", "scipy", "jax", "flax")
+# transformers, which imports scikit-learn; scipy for its schedulers; PEFT, which imports
+# transformers; Flax, which fastsync already keeps out): bench/results/vae_import_h200.txt.
+LEAN_HIDDEN = ("transformers", "sklearn", "scipy", "jax", "flax", "peft")
 _LEAN_SITE = f"""
-import os, sys
+import importlib.machinery, importlib.util, os, sys
 # `import name` fails, and importlib.util.find_spec(name) is None, as for a package not installed
 for _name in {LEAN_HIDDEN!r}:
     sys.modules[_name] = None
-# an image's own sitecustomize, which this one shadows, still runs
+# the image's own sitecustomize, which this one shadows, still runs
 _here = os.path.dirname(os.path.abspath(__file__))
-_at = [i for i, p in enumerate(sys.path) if p and os.path.abspath(p) == _here]
-for _i in reversed(_at):
-    del sys.path[_i]
-sys.modules.pop("sitecustomize", None)
-try:
-    import sitecustomize  # noqa: F401
-except ImportError:
-    pass
-finally:
-    for _i in _at:
-        sys.path.insert(_i, _here)
+_spec = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if not (p and os.path.abspath(p) == _here)])
+if _spec is not None:
+    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 """
 
 
@@ -170,7 +163,10 @@ def steady_chunk_s(components, repeat: int = 5) -> list[float]:
 def ready_wall_s(entry: dict) -> float | None:
     """A child's cold start: from its start until it was ready for a job (`ready_at`), or, in
     results written before children reported that, its process wall less the job chunks it
-    ran after the warm-up (`steady_chunk_s`), which a user's process does not run."""
+    ran after the warm-up (`steady_chunk_s`), which a user's process does not run. None for
+    a child that failed."""
+    if "error" in entry:
+        return None
     if "ready_at" in entry and "spawned_at" in entry:
         return round(entry["ready_at"] - entry["spawned_at"], 2)
     wall = entry.get("process_wall_s")
@@ -185,7 +181,8 @@ RATIOS = (("lazy", "precompile"), ("sequential", "precompile"), ("pycache", "pre
 def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:
     """Variant `other`'s cold start over `base`'s, for the first and the second process."""
     walls = {(p.get("variant", "precompile"), p["name"]): ready_wall_s(p) for p in processes}
-    return {name: round(walls[(other, name)] / walls[(base, name)], 2) for name in ("first_process", "second_process")}
+    pairs = {name: (walls.get((other, name)), walls.get((base, name))) for name in ("first_process", "second_process")}
+    return {name: round(a / b, 2) for name, (a, b) in pairs.items() if a is not None and b is not None}
 
 
 PROFILE_ENV = "FASTSYNC_BENCH_PROFILE"  # the child's profile goes to this file
