@@ -19,8 +19,10 @@ writing it beside them, as the GPU image does (`bytecode_shipped` in the results
 after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
 what their choosing cost. `lean` is pycache's setting in processes that cannot see the
 packages a fresh `pip install fastsync` lacks but the GPU image has and diffusers imports
-when present (LEAN_HIDDEN): what a user of a plain install gets. `--profile` runs a third process after each pair under cProfile
-and writes where its Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
+when present (LEAN_HIDDEN): what a user of a plain install gets.
+
+`--profile` runs a third process after each pair under cProfile and writes where its
+Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
 `--repeat-later N` then runs N more later processes per variant, the variants alternating,
 each on its own cache: a later process varies by seconds from run to run (mostly diffusers'
 import), which one pair per variant cannot tell from a difference between them.
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastsync.tools.extra_imports import EXTRA
 
 
 def write_checkpoints(root: Path) -> None:
@@ -65,10 +68,9 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
 TUNING = {"tuned": "1"}
 BYTECODE_VARIANTS = ("pycache", *TUNING, "lean")  # run with a filled bytecode cache
 
-# Installed on the GPU image, not by fastsync's dependencies, and imported by diffusers (HF
-# transformers, which imports scikit-learn; scipy for its schedulers; PEFT, which imports
-# transformers; Flax, which fastsync already keeps out): bench/results/vae_import_h200.txt.
-LEAN_HIDDEN = ("transformers", "sklearn", "scipy", "jax", "flax", "peft")
+# Installed on the GPU image, not by fastsync's dependencies, and imported by diffusers
+# (fastsync.tools.extra_imports; bench/results/vae_import_h200.txt).
+LEAN_HIDDEN = tuple(EXTRA)
 _LEAN_SITE = f"""
 import importlib.machinery, importlib.util, os, sys
 # `import name` fails, and importlib.util.find_spec(name) is None, as for a package not installed

@@ -122,10 +122,12 @@ def warmup_from_args(args: argparse.Namespace) -> int:
             detail.append(f"{s.compiled} in this process, {s.compile_s:.1f} s")
         print(f"compiled {s.compiled + s.received} blocks ({'; '.join(detail) or 'none needed'}), "
               f"loaded {s.loaded} from disk in {s.load_s:.1f} s; kept in {store.directory}")
+    from fastsync.tools import extra_imports
     from fastsync.tools.bytecode import missing_hint
 
-    if hint := missing_hint():
-        print(f"hint: {hint}")
+    for hint in (missing_hint(), extra_imports.hint()):
+        if hint:
+            print(f"hint: {hint}")
     return 0
 
 
