@@ -19,7 +19,9 @@ writing it beside them, as the GPU image does (`bytecode_shipped` in the results
 after its warm-up (`steady_chunk_s`), so that what the kernels chosen cost shows beside
 what their choosing cost. `lean` is pycache's setting in processes that cannot see the
 packages a fresh `pip install fastsync` lacks but the GPU image has and diffusers imports
-when present (LEAN_HIDDEN): what a user of a plain install gets.
+when present (LEAN_HIDDEN): what a user of a plain install gets. `lean_imports` is
+pycache's setting with FASTSYNC_LEAN_IMPORTS=1, the command line's default: the packages
+stay installed, and diffusers' import goes without them (fastsync.tools.extra_imports).
 
 `--profile` runs a third process after each pair under cProfile and writes where its
 Python time went beside `--out` (`<out stem>_<variant>_profile.txt`).
@@ -40,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastsync.tools.extra_imports import EXTRA
+from fastsync.tools.extra_imports import EXTRA, LEAN_IMPORTS_ENV
 
 
 def write_checkpoints(root: Path) -> None:
@@ -55,7 +57,7 @@ def write_checkpoints(root: Path) -> None:
 
 
 VARIANTS = {"precompile": {}, "sequential": {"compile_workers": 0}, "lazy": {"precompile": False}, "pycache": {},
-            "tuned": {}, "lean": {}}
+            "tuned": {}, "lean": {}, "lean_imports": {}}
 
 
 # the modules a fast-mode process and its compile workers import, not the compiler's own
@@ -66,7 +68,7 @@ PYCACHE_FILL = ("import torch, torch._dynamo, torch._inductor.compile_fx, diffus
 
 # variants with pycache's setting and another choice on timing Triton's launch configs
 TUNING = {"tuned": "1"}
-BYTECODE_VARIANTS = ("pycache", *TUNING, "lean")  # run with a filled bytecode cache
+BYTECODE_VARIANTS = ("pycache", *TUNING, "lean", "lean_imports")  # run with a filled bytecode cache
 
 # Installed on the GPU image, not by fastsync's dependencies, and imported by diffusers
 # (fastsync.tools.extra_imports; bench/results/vae_import_h200.txt).
@@ -95,6 +97,7 @@ def lean_site(folder: Path) -> str:
 def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
     """The child's environment: its own empty compile cache, and for `pycache` a bytecode cache."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+    env.pop(LEAN_IMPORTS_ENV, None)  # the Python API's default, unless the variant says otherwise
     if variant in BYTECODE_VARIANTS:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = f"{cache_dir}-bytecode"
@@ -102,6 +105,8 @@ def variant_env(variant: str, cache_dir: str) -> dict[str, str]:
         from fastsync.accel.compile import KERNEL_TUNING_ENV
 
         env[KERNEL_TUNING_ENV] = TUNING[variant]
+    if variant == "lean_imports":
+        env[LEAN_IMPORTS_ENV] = "1"
     if variant == "lean":
         path = [lean_site(Path(f"{cache_dir}-site")), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(path)
@@ -177,7 +182,7 @@ def ready_wall_s(entry: dict) -> float | None:
 
 # the ratios main() reports, each where both variants ran: (variant, the one it is set against)
 RATIOS = (("lazy", "precompile"), ("sequential", "precompile"), ("pycache", "precompile"),
-          *((variant, "pycache") for variant in (*TUNING, "lean")))
+          *((variant, "pycache") for variant in (*TUNING, "lean", "lean_imports")))
 
 
 def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:

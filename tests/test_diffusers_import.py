@@ -74,3 +74,40 @@ def test_a_users_use_flax_is_kept(tmp_path):
     # the stand-in proves the switch is what keeps Flax out: with it on, diffusers imports it
     out = _run(_broken_flax(tmp_path), {"USE_FLAX": "1"})
     assert "FASTSYNC_ERROR" in out and "the stand-in flax was imported" in out
+
+
+LEAN_SCRIPT = """
+from fastsync.components import random_vae
+random_vae("tiny")
+print("VAE_BUILT")
+try:
+    import transformers  # the stand-in: importable again once diffusers is in
+except ImportError as exc:
+    print("AFTERWARDS", exc)
+"""
+
+
+def test_lean_imports_keep_diffusers_off_an_unused_package_and_give_it_back(tmp_path):
+    """FASTSYNC_LEAN_IMPORTS=1: diffusers imports as if transformers were not installed, so
+    a broken one no longer stops the VAE; afterwards the package imports as before."""
+    path = ":".join([str(SRC), str(_broken_transformers(tmp_path))])
+    proc = subprocess.run([sys.executable, "-c", LEAN_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "FASTSYNC_LEAN_IMPORTS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "VAE_BUILT" in proc.stdout and f"AFTERWARDS {CAUSE}" in proc.stdout
+
+
+def _cli_warmup(extra_path: Path, env: dict) -> subprocess.CompletedProcess:
+    path = ":".join([str(SRC), str(extra_path)])
+    return subprocess.run([sys.executable, "-m", "fastsync.cli", "warmup", "--random-weights", "--model-size", "tiny",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin", **env})
+
+
+def test_the_command_line_imports_lean_unless_told_not_to(tmp_path):
+    root = _broken_transformers(tmp_path)
+    lean = _cli_warmup(root, {})
+    assert lean.returncode == 0, lean.stderr[-3000:]
+    assert "nothing to compile on cpu" in lean.stdout
+    plain = _cli_warmup(root, {"FASTSYNC_LEAN_IMPORTS": "0"})
+    assert plain.returncode == 2 and CAUSE in plain.stderr

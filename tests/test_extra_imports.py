@@ -22,3 +22,22 @@ def test_packages_imported_are_named_by_their_distribution(monkeypatch):
 def test_a_package_blocked_in_sys_modules_is_not_imported(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)  # what `import scipy` then refuses
     assert "scipy" not in extra_imports.imported()
+
+
+def test_hidden_packages_look_uninstalled_inside_and_come_back_after(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    (tmp_path / "fastsync_standin.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fastsync_standin", raising=False)
+    with extra_imports.hidden(("fastsync_standin", "sys")) as blocked:
+        assert blocked == ["fastsync_standin"]  # one already imported is left alone
+        assert importlib.util.find_spec("fastsync_standin") is None
+        with pytest.raises(ImportError):
+            import fastsync_standin  # noqa: F401
+    assert "fastsync_standin" not in sys.modules and sys.modules["sys"] is sys
+    import fastsync_standin
+
+    assert fastsync_standin.VALUE == 1

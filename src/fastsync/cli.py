@@ -4,6 +4,7 @@ heavy modules are imported inside them so `fastsync --help` stays instant."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -197,6 +198,11 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastsync.tools.extra_imports import LEAN_IMPORTS_ENV
+
+    # This process is fastsync's own: diffusers need not import what only other code would use
+    # (fastsync.tools.extra_imports); compile workers inherit the setting.
+    os.environ.setdefault(LEAN_IMPORTS_ENV, "1")
     args = build_parser().parse_args(argv)
     _interrupt_on_sigterm()
     try:

@@ -15,6 +15,7 @@ submodules instead would not help: Python runs the package's __init__ first.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,26 @@ VAE_PRESETS = {
 DIFFUSERS_ENV = {"USE_FLAX": "0"}
 
 
+def import_diffusers():
+    """diffusers, after DIFFUSERS_ENV's defaults; lean where extra_imports.LEAN_IMPORTS_ENV
+    asks and diffusers is not imported yet. diffusers decides once, on its first import,
+    which optional packages exist: it then goes without them for the whole process, while
+    other code can still import them."""
+    from fastsync.tools.extra_imports import LEAN_IMPORTS_ENV, hidden
+
+    set_diffusers_env()
+    if os.environ.get(LEAN_IMPORTS_ENV) != "1" or "diffusers" in sys.modules:
+        import diffusers
+
+        return diffusers
+    with hidden():
+        import diffusers
+
+        # the lazy modules fastsync uses, resolved while the others still look absent
+        diffusers.AutoencoderKL, diffusers.DDIMScheduler  # noqa: B018
+    return diffusers
+
+
 def set_diffusers_env() -> None:
     """Set DIFFUSERS_ENV's defaults; before diffusers' first import, which reads them."""
     for key, value in DIFFUSERS_ENV.items():
@@ -78,11 +99,8 @@ def diffusers_class(name: str):
     loaders do), although neither fastsync nor the VAE needs it; a transformers that cannot
     import (e.g. its tokenizers pin is not met) then fails diffusers' import too.
     """
-    set_diffusers_env()
     try:
-        import diffusers
-
-        return getattr(diffusers, name)
+        return getattr(import_diffusers(), name)
     except (ImportError, RuntimeError) as exc:
         raise FastsyncError(
             f"diffusers could not import {name}: {exc}",

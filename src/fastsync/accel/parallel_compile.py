@@ -132,6 +132,10 @@ def layout_payload(module: nn.Module, args: tuple, kwargs: dict) -> bytes:
 def compile_payload(payload: bytes) -> tuple[bytes, float]:
     """In a worker: rebuild the call from its layout, compile it ahead, return it serialized."""
     started = time.perf_counter()
+    if b"diffusers" in payload:  # a VAE block: import diffusers as the parent does, lean where it is
+        from fastsync.components import import_diffusers
+
+        import_diffusers()
     module, args, kwargs, state = _LayoutUnpickler(io.BytesIO(payload)).load()
     for t in (*module.parameters(), *module.buffers(), *args):
         if isinstance(t, Tensor) and t.device.type == "cuda":
@@ -149,7 +153,6 @@ def _worker_main(kernel_threads: int) -> None:
     os.dup2(2, 1)  # whatever the compilers print goes to stderr, not into the replies
     from fastsync.accel import short_attention
     from fastsync.accel.compile import configure_inductor
-
     configure_inductor()
     import torch._inductor.config as inductor
 

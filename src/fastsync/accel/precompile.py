@@ -235,17 +235,13 @@ def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
     attention op's registration (its output layout is traced), and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
-    from fastsync.components import set_diffusers_env
-
-    set_diffusers_env()
-    import diffusers
-
     from fastsync import models
+    from fastsync.components import import_diffusers
     from fastsync.accel import short_attention
 
     package = Path(models.__file__).parent
     files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
-    return f"models{source_digest(files, package.parent)}-diffusers{diffusers.__version__}"
+    return f"models{source_digest(files, package.parent)}-diffusers{import_diffusers().__version__}"
 
 
 def source_digest(files: list[Path], root: Path) -> str:
