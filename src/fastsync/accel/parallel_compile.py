@@ -153,6 +153,7 @@ def _worker_main(kernel_threads: int) -> None:
     os.dup2(2, 1)  # whatever the compilers print goes to stderr, not into the replies
     from fastsync.accel import short_attention
     from fastsync.accel.compile import configure_inductor
+
     configure_inductor()
     import torch._inductor.config as inductor
 

@@ -236,8 +236,8 @@ def _code_key() -> str:
     attention op's registration (its output layout is traced), and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
     from fastsync import models
-    from fastsync.components import import_diffusers
     from fastsync.accel import short_attention
+    from fastsync.components import import_diffusers
 
     package = Path(models.__file__).parent
     files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
