@@ -219,3 +219,22 @@ def test_workers_get_the_parents_path_and_diffusers_switches(monkeypatch):
     parallel_compile.start_workers(1)
     assert [env["USE_FLAX"] for env in seen] == ["0", "1"]
     assert all(env["PYTHONPATH"] == os.pathsep.join(p for p in parallel_compile.sys.path if p) for env in seen)
+
+
+def test_a_worker_imports_diffusers_the_parents_way_for_a_vae_block(monkeypatch):
+    """A VAE block's payload names a diffusers class: the worker imports diffusers through
+    fastsync.components.import_diffusers first (lean where the parent is), a UNet block's not."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from fastsync import components
+
+    called = []
+    monkeypatch.setattr(components, "import_diffusers", lambda: called.append(True))
+    x = torch.randn(1, 32, 8, 8)
+    vae_block = parallel_compile.layout_payload(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=None),
+                                                (x, None), {})
+    parallel_compile._LayoutUnpickler(io.BytesIO(vae_block)).load()
+    assert called
+    called.clear()
+    parallel_compile._LayoutUnpickler(io.BytesIO(parallel_compile.layout_payload(block(5), inputs(16), {}))).load()
+    assert not called

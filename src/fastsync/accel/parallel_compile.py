@@ -101,6 +101,13 @@ class _LayoutUnpickler(pickle.Unpickler):
         super().__init__(*args, **kwargs)
         self.built: dict[int, Tensor] = {}
 
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "diffusers":  # a VAE block: diffusers as the parent imports it, lean where it is
+            from fastsync.components import import_diffusers
+
+            import_diffusers()
+        return super().find_class(module, name)
+
     def persistent_load(self, layout: _Layout) -> Tensor:
         if layout.ident not in self.built:
             self.built[layout.ident] = self._build(layout)
@@ -132,10 +139,6 @@ def layout_payload(module: nn.Module, args: tuple, kwargs: dict) -> bytes:
 def compile_payload(payload: bytes) -> tuple[bytes, float]:
     """In a worker: rebuild the call from its layout, compile it ahead, return it serialized."""
     started = time.perf_counter()
-    if b"diffusers" in payload:  # a VAE block: import diffusers as the parent does, lean where it is
-        from fastsync.components import import_diffusers
-
-        import_diffusers()
     module, args, kwargs, state = _LayoutUnpickler(io.BytesIO(payload)).load()
     for t in (*module.parameters(), *module.buffers(), *args):
         if isinstance(t, Tensor) and t.device.type == "cuda":
