@@ -193,6 +193,10 @@ def ratios(processes: list[dict], other: str, base: str) -> dict[str, float]:
 
 
 PROFILE_ENV = "FASTSYNC_BENCH_PROFILE"  # the child's profile goes to this file
+# the files of the functions that load a compiled region: fastsync's store, dynamo's
+# deserializer and guards, inductor's output code and its Triton kernels (pstats' regex)
+REGION_LOAD_FUNCTIONS = ("precompile.py|aot_compile|package.py|guards.py|output_code.py|codecache.py"
+                         "|async_compile.py|triton_heuristics.py|static_triton_launcher.py|pickle")
 
 
 def profiled(body, path: str | None) -> None:
@@ -214,6 +218,8 @@ def profiled(body, path: str | None) -> None:
         stats = pstats.Stats(profile, stream=text).strip_dirs()
         stats.sort_stats("cumulative").print_stats(120)
         stats.sort_stats("tottime").print_stats(60)
+        # what loading the compiled regions costs, below the imports that lead the lists above
+        stats.sort_stats("cumulative").print_stats(REGION_LOAD_FUNCTIONS, 80)
         Path(path).write_text(text.getvalue())
 
 
