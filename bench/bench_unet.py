@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--motion-attention", default=FastOptions().motion_attention,
                         help="comma-separated temporal attention backends; the first is the fast variants' "
                              "own, each further one adds a compiled_graph[<backend>] variant")
+    parser.add_argument("--max-autotune", action="store_true",
+                        help="a compiled_graph_max_autotune variant: the same regions compiled in "
+                             "inductor's max-autotune mode (its GEMM/conv templates timed against cuBLAS/cuDNN)")
     args = parser.parse_args()
     # fast mode's setting (the runs up to 2026-12-02 had it on; bench_cudnn found the same
     # per-call times either way)
@@ -137,7 +140,35 @@ def main() -> None:
             diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
             record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
+        if args.max_autotune and not args.skip_compile:
+            del graph
+            max_autotune(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0])
     save(results, args.out)
+
+
+def max_autotune(results: dict, record, unet, args: tuple, reference_out, first_out, backend: str) -> None:
+    """The fast variant again on a fresh copy, its regions compiled in max-autotune mode:
+    what inductor's own GEMM and convolution kernels, with the pointwise ops around them
+    fused in, would take off the forward (and what they cost to compile)."""
+    from fastsync.accel.compile import compile_regions
+
+    torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the default mode
+    unet_ma = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    keep_channels_last_between_blocks(unet_ma)
+    set_motion_attention(unet_ma, backend)
+    n = compile_regions(unet_ma, mode="max-autotune-no-cudagraphs")
+    started = time.perf_counter()
+    out = unet_ma(*args).float()
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - started
+    graph = GraphedCall(lambda s, tt, a: unet_ma(s, tt, a), args)
+    out = graph(*args).float()
+    err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+    diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
+    record("compiled_graph_max_autotune", lambda: graph(*args),
+           {"rel_err_vs_eager": err, "rel_diff_vs_compiled_graph": diff, "compile_s": round(compile_s, 1),
+            "regions": n})
+    results["top_ops_compiled_graph_max_autotune"] = top_ops(lambda: unet_ma(*args))
 
 
 if __name__ == "__main__":
