@@ -5,6 +5,8 @@ Variants, side by side in one process:
   eager_cl       + channels_last_3d activations and weights, memory-efficient temporal attention
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
+  compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
+                 max-autotune mode
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
 peak memory, and the top CUDA ops of the eager forward.
 
@@ -98,13 +100,11 @@ def main() -> None:
             from fastsync.accel import short_attention
 
             short_attention.register()
-        unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-        keep_channels_last_between_blocks(unet_cl)  # as fast set-up does on a GPU
-        set_motion_attention(unet_cl, backends[0])  # fast mode's attention choice for the motion modules
+        unet_cl = fast_copy(unet, backends[0])
         results["motion_attention"] = backends[0]
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
         out = unet_cl(sample_cl, t, audio).float()
-        err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+        err = rel_err(out, reference_out)
         if "eager_cl" in args.variants:
             record("eager_cl", lambda: unet_cl(sample_cl, t, audio), {"rel_err_vs_eager": err})
 
@@ -116,7 +116,7 @@ def main() -> None:
             out = unet_cl(sample_cl, t, audio).float()
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - started
-            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+            err = rel_err(out, reference_out)
             record("compiled_cl", lambda: unet_cl(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, "compile_s": round(compile_s, 1), "regions": n})
             results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
@@ -127,7 +127,7 @@ def main() -> None:
         graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
         capture_s = time.perf_counter() - started
         out = graph(sample_cl, t, audio).float()
-        err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
+        err = rel_err(out, reference_out)
         record("compiled_graph" if not args.skip_compile else "eager_cl_graph",
                lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
         first_out = out
@@ -136,8 +136,8 @@ def main() -> None:
             set_motion_attention(unet_cl, backend)
             graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
             out = graph(sample_cl, t, audio).float()
-            err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
-            diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
+            err = rel_err(out, reference_out)
+            diff = rel_err(out, first_out)
             record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
         if args.max_autotune and not args.skip_compile:
@@ -146,29 +146,41 @@ def main() -> None:
     save(results, args.out)
 
 
-def max_autotune(results: dict, record, unet, args: tuple, reference_out, first_out, backend: str) -> None:
+def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest deviation from `reference`, relative to its largest value."""
+    return ((out - reference).abs().max() / reference.abs().max()).item()
+
+
+def fast_copy(unet, backend: str):
+    """A copy of `unet` laid out as fast set-up lays it out on a GPU (channels_last between
+    blocks), with `backend` as the motion modules' attention."""
+    unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    keep_channels_last_between_blocks(unet_cl)
+    set_motion_attention(unet_cl, backend)
+    return unet_cl
+
+
+def max_autotune(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str) -> None:
     """The fast variant again on a fresh copy, its regions compiled in max-autotune mode:
     what inductor's own GEMM and convolution kernels, with the pointwise ops around them
     fused in, would take off the forward (and what they cost to compile)."""
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the default mode
-    unet_ma = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-    keep_channels_last_between_blocks(unet_ma)
-    set_motion_attention(unet_ma, backend)
+    unet_ma = fast_copy(unet, backend)
     n = compile_regions(unet_ma, mode="max-autotune-no-cudagraphs")
     started = time.perf_counter()
-    out = unet_ma(*args).float()
+    unet_ma(*call_args)
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - started
-    graph = GraphedCall(lambda s, tt, a: unet_ma(s, tt, a), args)
-    out = graph(*args).float()
-    err = ((out - reference_out).abs().max() / reference_out.abs().max()).item()
-    diff = ((out - first_out).abs().max() / first_out.abs().max()).item()
-    record("compiled_graph_max_autotune", lambda: graph(*args),
+    graph = GraphedCall(lambda s, tt, a: unet_ma(s, tt, a), call_args)
+    out = graph(*call_args).float()
+    err = rel_err(out, reference_out)
+    diff = rel_err(out, first_out)
+    record("compiled_graph_max_autotune", lambda: graph(*call_args),
            {"rel_err_vs_eager": err, "rel_diff_vs_compiled_graph": diff, "compile_s": round(compile_s, 1),
             "regions": n})
-    results["top_ops_compiled_graph_max_autotune"] = top_ops(lambda: unet_ma(*args))
+    results["top_ops_compiled_graph_max_autotune"] = top_ops(lambda: unet_ma(*call_args))
 
 
 if __name__ == "__main__":
