@@ -5,6 +5,7 @@ Variants, side by side in one process:
   eager_cl       + channels_last_3d activations and weights, memory-efficient temporal attention
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
+  compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--max-autotune", action="store_true",
                         help="a compiled_graph_max_autotune variant: the same regions compiled in "
                              "inductor's max-autotune mode (its GEMM/conv templates timed against cuBLAS/cuDNN)")
+    parser.add_argument("--blas", default="",
+                        help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
+                             "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
+    parser.add_argument("--autotune-gemm-only", action="store_true",
+                        help="with --max-autotune: convolutions stay on cuDNN (ATen), only GEMMs are tuned")
     args = parser.parse_args()
     # fast mode's setting (the runs up to 2026-12-02 had it on; bench_cudnn found the same
     # per-call times either way)
@@ -140,8 +146,22 @@ def main() -> None:
             diff = rel_err(out, first_out)
             record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
+        default_blas = torch.backends.cuda.preferred_blas_library()
+        for library in filter(None, args.blas.split(",")):  # same weights, inputs and compiled regions
+            del graph
+            torch.backends.cuda.preferred_blas_library(library)
+            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+            out = graph(sample_cl, t, audio).float()
+            record(f"compiled_graph[blas={library}]", lambda graph=graph: graph(sample_cl, t, audio),
+                   {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_default_blas": rel_err(out, first_out)})
+            torch.backends.cuda.preferred_blas_library(default_blas)
         if args.max_autotune and not args.skip_compile:
             del graph
+            if args.autotune_gemm_only:
+                import torch._inductor.config as inductor_config
+
+                inductor_config.max_autotune_conv_backends = "ATEN"
+                results["max_autotune_conv_backends"] = "ATEN"
             max_autotune(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0])
     save(results, args.out)
 
