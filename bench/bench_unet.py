@@ -6,6 +6,7 @@ Variants, side by side in one process:
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
+  compiled_graph[fused_qkv] (--fused-qkv) the same with self-attention q/k/v as one GEMM
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
+    parser.add_argument("--fused-qkv", action="store_true",
+                        help="a compiled_graph[fused_qkv] variant: self-attention q/k/v as one GEMM "
+                             "(bench/qkv_fusion.py), on a fresh copy compiled again")
     parser.add_argument("--autotune-gemm-only", action="store_true",
                         help="with --max-autotune: convolutions stay on cuDNN (ATen), only GEMMs are tuned")
     args = parser.parse_args()
@@ -155,14 +159,22 @@ def main() -> None:
             record(f"compiled_graph[blas={library}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_default_blas": rel_err(out, first_out)})
             torch.backends.cuda.preferred_blas_library(default_blas)
+        graph = None  # the variants below are graphs of fresh copies
+        if args.fused_qkv and not args.skip_compile:
+            from bench.qkv_fusion import fuse_qkv
+
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[fused_qkv]", prepare=fuse_qkv)
         if args.max_autotune and not args.skip_compile:
-            del graph
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
 
                 inductor_config.max_autotune_conv_backends = "ATEN"
                 results["max_autotune_conv_backends"] = "ATEN"
-            max_autotune(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0])
+            # inductor's GEMM and convolution templates timed against cuBLAS/cuDNN, with the
+            # pointwise ops around them fused in: what they would take off (and cost to compile)
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph_max_autotune", mode="max-autotune-no-cudagraphs")
     save(results, args.out)
 
 
@@ -180,27 +192,27 @@ def fast_copy(unet, backend: str):
     return unet_cl
 
 
-def max_autotune(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str) -> None:
-    """The fast variant again on a fresh copy, its regions compiled in max-autotune mode:
-    what inductor's own GEMM and convolution kernels, with the pointwise ops around them
-    fused in, would take off the forward (and what they cost to compile)."""
+def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
+                  name: str, *, mode: str | None = None, prepare=None) -> None:
+    """The fast variant again on a fresh copy of `unet`, changed by `prepare` (a function of
+    the copy) and its regions compiled in `mode`, then graphed; recorded as `name` beside
+    `compiled_graph`, with its compile time and its difference from it."""
     from fastsync.accel.compile import compile_regions
 
-    torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the default mode
-    unet_ma = fast_copy(unet, backend)
-    n = compile_regions(unet_ma, mode="max-autotune-no-cudagraphs")
+    torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
+    copy_ = fast_copy(unet, backend)
+    extra = {"prepared": prepare(copy_)} if prepare is not None else {}
+    n = compile_regions(copy_, mode=mode)
     started = time.perf_counter()
-    unet_ma(*call_args)
+    copy_(*call_args)
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - started
-    graph = GraphedCall(lambda s, tt, a: unet_ma(s, tt, a), call_args)
+    graph = GraphedCall(lambda s, tt, a: copy_(s, tt, a), call_args)
     out = graph(*call_args).float()
-    err = rel_err(out, reference_out)
-    diff = rel_err(out, first_out)
-    record("compiled_graph_max_autotune", lambda: graph(*call_args),
-           {"rel_err_vs_eager": err, "rel_diff_vs_compiled_graph": diff, "compile_s": round(compile_s, 1),
-            "regions": n})
-    results["top_ops_compiled_graph_max_autotune"] = top_ops(lambda: unet_ma(*call_args))
+    extra.update({"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_compiled_graph": rel_err(out, first_out),
+                  "compile_s": round(compile_s, 1), "regions": n})
+    record(name, lambda: graph(*call_args), extra)
+    results[f"top_ops_{name}"] = top_ops(lambda: copy_(*call_args))
 
 
 if __name__ == "__main__":
