@@ -6,7 +6,6 @@ Variants, side by side in one process:
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
-  compiled_graph[fused_qkv] (--fused-qkv) the same with self-attention q/k/v as one GEMM
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
@@ -70,9 +69,6 @@ def main() -> None:
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
-    parser.add_argument("--fused-qkv", action="store_true",
-                        help="a compiled_graph[fused_qkv] variant: self-attention q/k/v as one GEMM "
-                             "(bench/qkv_fusion.py), on a fresh copy compiled again")
     parser.add_argument("--autotune-gemm-only", action="store_true",
                         help="with --max-autotune: convolutions stay on cuDNN (ATen), only GEMMs are tuned")
     args = parser.parse_args()
@@ -159,12 +155,7 @@ def main() -> None:
             record(f"compiled_graph[blas={library}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_default_blas": rel_err(out, first_out)})
             torch.backends.cuda.preferred_blas_library(default_blas)
-        graph = None  # the variants below are graphs of fresh copies
-        if args.fused_qkv and not args.skip_compile:
-            from bench.qkv_fusion import fuse_qkv
-
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[fused_qkv]", prepare=fuse_qkv)
+        graph = None  # the variant below is a graph of a fresh copy
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -196,7 +187,8 @@ def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, 
                   name: str, *, mode: str | None = None, prepare=None) -> None:
     """The fast variant again on a fresh copy of `unet`, changed by `prepare` (a function of
     the copy) and its regions compiled in `mode`, then graphed; recorded as `name` beside
-    `compiled_graph`, with its compile time and its difference from it."""
+    `compiled_graph`, with its compile time and its difference from it. (The ninth
+    session's stacked q/k/v candidate ran through here too, see bench/results/README.md.)"""
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy

@@ -132,15 +132,12 @@ class Attention(nn.Module):
         batch, length, dim = x.shape
         return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)  # (B, nh, L, hd)
 
-    def project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """q from x, k and v from context (or x), each (B, L or S, inner_dim)."""
-        context = x if context is None else context
-        return self.to_q(x), self.to_k(context), self.to_v(context)
-
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         # x (B, L, query_dim); context (B, S, context_dim) or None
-        q, k, v = self.project(x, context)
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, nh, L or S, hd)
+        context = x if context is None else context
+        q = self._split_heads(self.to_q(x))  # (B, nh, L, hd)
+        k = self._split_heads(self.to_k(context))  # (B, nh, S, hd)
+        v = self._split_heads(self.to_v(context))  # (B, nh, S, hd)
         out = attention(q, k, v, backend=self.backend)  # (B, nh, L, hd)
         out = out.transpose(1, 2).flatten(2)  # (B, L, inner_dim)
         return self.to_out[0](out)  # (B, L, query_dim)
