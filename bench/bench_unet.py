@@ -8,6 +8,7 @@ Variants, side by side in one process:
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
+With --glue-ops, the compiled forward's remaining ATen ops by shape and call site.
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
 peak memory, and the top CUDA ops of the eager forward.
 
@@ -48,6 +49,47 @@ def top_ops(fn, n=15) -> list[dict]:
     return [{"op": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 2)} for e in rows]
 
 
+GEMM_AND_ATTENTION = ("mm", "addmm", "bmm", "convolution", "cudnn_convolution", "_scaled_dot_product",
+                      "short_attention")
+
+
+def in_compiled_region(event) -> bool:
+    """Whether a profiler event ran under a compiled graph's call (inductor marks each call)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if "Compiled" in parent.name:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def glue_ops(fn, n=25, device: str = "cuda") -> list[dict]:
+    """The forward's other ATen ops (copies, concatenations, upsampling, pointwise work that
+    inductor did not take) by name and input shapes, each marked as run between the compiled
+    regions or inside one (a fallback), with the device time under them (CPU time on a CPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    totals: dict[tuple, list] = {}
+    for event in prof.events():
+        if not event.name.startswith("aten::") or any(g in event.name for g in GEMM_AND_ATTENTION):
+            continue
+        spent = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
+        if spent <= 0:
+            continue
+        key = (event.name, str(event.input_shapes)[:160], in_compiled_region(event))
+        row = totals.setdefault(key, [0, 0.0])
+        row[0] += 1
+        row[1] += spent
+    rows = sorted(totals.items(), key=lambda kv: kv[1][1], reverse=True)[:n]
+    return [{"op": name, "shapes": shapes, "inside_region": inside, "calls": calls, "ms": round(us / 1e3, 3)}
+            for (name, shapes, inside), (calls, us) in rows]
+
+
 def set_motion_attention(unet, backend: str) -> None:
     for module in unet.modules():
         if isinstance(module, TemporalSelfAttention):
@@ -66,6 +108,9 @@ def main() -> None:
     parser.add_argument("--max-autotune", action="store_true",
                         help="a compiled_graph_max_autotune variant: the same regions compiled in "
                              "inductor's max-autotune mode (its GEMM/conv templates timed against cuBLAS/cuDNN)")
+    parser.add_argument("--glue-ops", action="store_true",
+                        help="also list the compiled forward's ATen ops other than GEMMs, convolutions and "
+                             "attention (copies, cat, upsampling), by shapes and call site")
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
@@ -128,6 +173,12 @@ def main() -> None:
             results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
             for row in results["top_ops_compiled_cl"]:
                 print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
+            if args.glue_ops:
+                results["glue_ops_compiled_cl"] = glue_ops(lambda: unet_cl(sample_cl, t, audio))
+                for row in results["glue_ops_compiled_cl"]:
+                    print(f"   {row['ms']:8.3f} ms {row['calls']:5d}  {row['op']} {row['shapes'][:70]} "
+                          f"{'in region' if row['inside_region'] else 'between'}")
+                save(results, args.out)
 
         started = time.perf_counter()
         graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))

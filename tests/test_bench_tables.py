@@ -53,3 +53,23 @@ def test_count_sees_each_feed_forward_once():
     # last up block's layers: one in the spatial transformer, one in the motion module of each
     layers = config.layers_per_block + (config.layers_per_block + 1)
     assert counts[f"addmm({rows}x{width}, {width}x{8 * width})"] == 2 * layers
+
+
+def test_glue_ops_tells_region_fallbacks_from_ops_between_regions():
+    import torch
+
+    from bench.bench_unet import glue_ops
+
+    # aten.median has no inductor lowering, so it stays an ATen call inside the compiled graph
+    region = torch.compile(lambda x: torch.ops.aten.median(x.sin(), 0)[0] + 1)
+    x = torch.randn(64, 64)
+
+    def forward():
+        return torch.cat([region(x), x.sum(0)])  # cat and sum run between "regions"
+
+    forward()  # compile outside the profile
+    rows = glue_ops(forward, device="cpu")
+    inside = {row["op"] for row in rows if row["inside_region"]}
+    between = {row["op"] for row in rows if not row["inside_region"]}
+    assert "aten::median" in inside and "aten::median" not in between
+    assert {"aten::cat", "aten::sum"} <= between
