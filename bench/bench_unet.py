@@ -5,6 +5,7 @@ Variants, side by side in one process:
   eager_cl       + channels_last_3d activations and weights, memory-efficient temporal attention
   compiled_cl    + regional torch.compile of ResNet / transformer / motion blocks
   compiled_graph + the forward captured as a CUDA graph
+  compiled_graph[5d_glue] (--glue-5d) the same graph with the 5D skip concatenations and upsampling
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--max-autotune", action="store_true",
                         help="a compiled_graph_max_autotune variant: the same regions compiled in "
                              "inductor's max-autotune mode (its GEMM/conv templates timed against cuBLAS/cuDNN)")
+    parser.add_argument("--glue-5d", action="store_true",
+                        help="a compiled_graph[5d_glue] variant: the skip concatenations and upsampling as "
+                             "the 5D calls of before 2026-12-03 (cat_channels, upsample_nearest), same regions")
     parser.add_argument("--glue-ops", action="store_true",
                         help="also list the compiled forward's ATen ops other than GEMMs, convolutions and "
                              "attention (copies, cat, upsampling), by shapes and call site")
@@ -206,6 +210,18 @@ def main() -> None:
             record(f"compiled_graph[blas={library}]", lambda graph=graph: graph(sample_cl, t, audio),
                    {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_default_blas": rel_err(out, first_out)})
             torch.backends.cuda.preferred_blas_library(default_blas)
+        if args.glue_5d:  # the same regions; only the glue between them changes, so no recompile
+            from fastsync.models import resnet
+
+            del graph
+            frames_last, resnet._frames_last = resnet._frames_last, lambda *tensors: False
+            try:
+                graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+                out = graph(sample_cl, t, audio).float()
+                record("compiled_graph[5d_glue]", lambda graph=graph: graph(sample_cl, t, audio),
+                       {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_4d_glue": rel_err(out, first_out)})
+            finally:
+                resnet._frames_last = frames_last
         graph = None  # the variant below is a graph of a fresh copy
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:

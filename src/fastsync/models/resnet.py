@@ -14,6 +14,7 @@ need no explicit upcast when the model runs in half precision.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,6 +33,40 @@ def unfold_frames(x: Tensor, num_frames: int) -> Tensor:
     """(B*F, C, H, W) -> (B, C, F, H, W); the inverse of `fold_frames`."""
     batch_frames, channels, height, width = x.shape
     return x.reshape(batch_frames // num_frames, num_frames, channels, height, width).transpose(1, 2)
+
+
+def _frames_last(*tensors: Tensor) -> bool:
+    return all(t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) for t in tensors)
+
+
+def cat_channels(x: Tensor, skip: Tensor) -> Tensor:
+    """torch.cat([x, skip], dim=1) of two (B, C, F, H, W) videos: the same values and layout.
+
+    Why by hand: CUDA's batched concatenation kernel takes at most 4 dimensions. A 5D cat
+    falls back to one strided copy per input, and fast mode's forward paid about 3 ms in
+    such copies (bench/results/README.md, 2026-12-03). For channels_last_3d inputs (fast
+    mode's layout) the frames fold into the batch as a free view, so the cat runs as a
+    channels_last 4D one and unfolds back, still channels_last_3d. Other layouts take the
+    plain cat: folding them would copy.
+    """
+    if not _frames_last(x, skip):
+        return torch.cat([x, skip], dim=1)
+    return unfold_frames(torch.cat([fold_frames(x), fold_frames(skip)], dim=1), x.shape[2])
+
+
+def upsample_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest upsampling of every frame of a (B, C, F, H, W) video to `size`, frames untouched.
+
+    The reference interpolates the 5D tensor with size (F, *size). Nearest interpolation
+    copies source pixels, and the frame axis keeps its length, so interpolating each folded
+    frame in 2D picks the same pixels (tests/test_layouts.py holds them equal bit for bit).
+    For channels_last_3d inputs that is a free view into a channels_last 2D kernel; the 5D
+    one would make its input and output contiguous, and the conv after it would copy both
+    back. Other layouts take the reference's call.
+    """
+    if not _frames_last(x):
+        return F.interpolate(x, size=(x.shape[2], size[0], size[1]), mode="nearest")
+    return unfold_frames(F.interpolate(fold_frames(x), size=size, mode="nearest"), x.shape[2])
 
 
 class FrameConv2d(nn.Conv2d):
@@ -111,5 +146,4 @@ class Upsample(nn.Module):
         # this output meets: 2x (H, W) when they are even, which then equals scale_factor=2
         # exactly, and the right size when an odd side was rounded up on the way down.
         # Nearest interpolation copies values, so it is exact in every dtype (bf16 included).
-        x = F.interpolate(x, size=(x.shape[2], size[0], size[1]), mode="nearest")
-        return self.conv(x)
+        return self.conv(upsample_nearest(x, size))

@@ -10,13 +10,12 @@ layer of a block without duplicating its math.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastsync.config import MotionModuleConfig
 from fastsync.models.attention import SpatialTransformer
 from fastsync.models.motion_module import MotionModule
-from fastsync.models.resnet import Downsample, ResnetBlock, Upsample
+from fastsync.models.resnet import Downsample, ResnetBlock, Upsample, cat_channels
 
 
 class BlockSpec:
@@ -176,7 +175,7 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
 
     def layer(self, i: int, x: Tensor, skip: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
-        x = torch.cat([x, skip], dim=1)  # (B, C_run + C_skip, F, H, W)
+        x = cat_channels(x, skip)  # (B, C_run + C_skip, F, H, W)
         return resnet_attention_motion(self, i, x, temb, audio)
 
     def forward(
