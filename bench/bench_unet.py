@@ -9,7 +9,7 @@ Variants, side by side in one process:
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
-With --glue-ops, the compiled forward's remaining ATen ops by shape and call site.
+With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
 Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
 peak memory, and the top CUDA ops of the eager forward.
 
@@ -114,7 +114,7 @@ def main() -> None:
                              "the 5D calls of before 2026-12-03 (cat_channels, upsample_nearest), same regions")
     parser.add_argument("--glue-ops", action="store_true",
                         help="also list the compiled forward's ATen ops other than GEMMs, convolutions and "
-                             "attention (copies, cat, upsampling), by shapes and call site")
+                             "attention (copies, cat, upsampling) by input shapes, inside a region or between")
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
@@ -192,34 +192,32 @@ def main() -> None:
         record("compiled_graph" if not args.skip_compile else "eager_cl_graph",
                lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
         first_out = out
-        for backend in backends[1:]:  # side by side in this process: same weights, same inputs
-            del graph
+
+        def regraph(name: str, diff_key: str) -> None:
+            """compiled_graph captured again after a change around the same regions (same
+            weights, same inputs), recorded with its difference from the first capture."""
+            nonlocal graph
+            graph = None  # the previous capture's memory goes back first
+            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+            out = graph(sample_cl, t, audio).float()
+            record(name, lambda captured=graph: captured(sample_cl, t, audio),
+                   {"rel_err_vs_eager": rel_err(out, reference_out), diff_key: rel_err(out, first_out)})
+
+        for backend in backends[1:]:
             set_motion_attention(unet_cl, backend)
-            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
-            out = graph(sample_cl, t, audio).float()
-            err = rel_err(out, reference_out)
-            diff = rel_err(out, first_out)
-            record(f"compiled_graph[{backend}]", lambda graph=graph: graph(sample_cl, t, audio),
-                   {"rel_err_vs_eager": err, f"rel_diff_vs_{backends[0]}": diff})
+            regraph(f"compiled_graph[{backend}]", f"rel_diff_vs_{backends[0]}")
+        set_motion_attention(unet_cl, backends[0])
         default_blas = torch.backends.cuda.preferred_blas_library()
-        for library in filter(None, args.blas.split(",")):  # same weights, inputs and compiled regions
-            del graph
+        for library in filter(None, args.blas.split(",")):
             torch.backends.cuda.preferred_blas_library(library)
-            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
-            out = graph(sample_cl, t, audio).float()
-            record(f"compiled_graph[blas={library}]", lambda graph=graph: graph(sample_cl, t, audio),
-                   {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_default_blas": rel_err(out, first_out)})
+            regraph(f"compiled_graph[blas={library}]", "rel_diff_vs_default_blas")
             torch.backends.cuda.preferred_blas_library(default_blas)
-        if args.glue_5d:  # the same regions; only the glue between them changes, so no recompile
+        if args.glue_5d:  # only the glue between the regions changes, so nothing compiles again
             from fastsync.models import resnet
 
-            del graph
             frames_last, resnet._frames_last = resnet._frames_last, lambda *tensors: False
             try:
-                graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
-                out = graph(sample_cl, t, audio).float()
-                record("compiled_graph[5d_glue]", lambda graph=graph: graph(sample_cl, t, audio),
-                       {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_4d_glue": rel_err(out, first_out)})
+                regraph("compiled_graph[5d_glue]", "rel_diff_vs_4d_glue")
             finally:
                 resnet._frames_last = frames_last
         graph = None  # the variant below is a graph of a fresh copy
