@@ -46,10 +46,9 @@ def cat_channels(x: Tensor, skip: Tensor) -> Tensor:
     falls back to one strided copy per input: 26 copies for the UNet's 13 skip
     concatenations, where fast mode's profiled forward lists 33 generic elementwise launches,
     3.2 ms together (bench/results/README.md, 2026-12-03, also for what has been measured of
-    this). For channels_last_3d inputs (fast
-    mode's layout) the frames fold into the batch as a free view, so the cat runs as a
-    channels_last 4D one and unfolds back, still channels_last_3d. Other layouts take the
-    plain cat: folding them would copy.
+    this). For channels_last_3d inputs (fast mode's layout) the frames fold into the batch
+    as a free view, so the cat runs as a channels_last 4D one and unfolds back, still
+    channels_last_3d. Other layouts take the plain cat: folding them would copy.
     """
     if not _frames_last(x, skip):
         return torch.cat([x, skip], dim=1)
