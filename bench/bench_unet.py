@@ -10,8 +10,8 @@ Variants, side by side in one process:
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
-Also: a DeepCache chunk (20 steps, interval 3) for the eager and the fastest variant, the
-peak memory, and the top CUDA ops of the eager forward.
+Also: each variant's peak memory, and the top CUDA ops of the eager and compiled forwards
+(a whole DeepCache chunk is timed by bench_cold_start and bench_e2e, not here).
 
     python bench/bench_unet.py --out bench/results/unet_h100.json
 """
