@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsync.config import UNET_PRESETS
-from fastsync.models.unet3d import UNet3DConditionModel
+from fastsync.models.loading import build_unet_on_meta
 
 GEMMS = {"mm", "addmm", "bmm"}
 
@@ -41,8 +41,8 @@ class _Count(TorchDispatchMode):
 
 
 def count(frames: int = 16, size: int = 64) -> dict[str, int]:
+    unet = build_unet_on_meta(UNET_PRESETS["stage2_512"]).half().eval()
     with torch.device("meta"):
-        unet = UNet3DConditionModel(UNET_PRESETS["stage2_512"]).half().eval()
         sample = torch.randn(2, 13, frames, size, size, dtype=torch.float16)
         audio = torch.randn(2 * frames, 50, 384, dtype=torch.float16)
         counter = _Count()
