@@ -249,16 +249,14 @@ def fast_copy(unet, backend: str):
 
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
-                  name: str, *, mode: str | None = None, prepare=None) -> None:
-    """The fast variant again on a fresh copy of `unet`, changed by `prepare` (a function of
-    the copy) and its regions compiled in `mode`, then graphed; recorded as `name` beside
-    `compiled_graph`, with its compile time and its difference from it. (The ninth
-    session's stacked q/k/v candidate ran through here too, see bench/results/README.md.)"""
+                  name: str, *, mode: str | None = None) -> None:
+    """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
+    graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
+    difference from it."""
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
     copy_ = fast_copy(unet, backend)
-    extra = {"prepared": prepare(copy_)} if prepare is not None else {}
     n = compile_regions(copy_, mode=mode)
     started = time.perf_counter()
     copy_(*call_args)
@@ -266,9 +264,9 @@ def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, 
     compile_s = time.perf_counter() - started
     graph = GraphedCall(lambda s, tt, a: copy_(s, tt, a), call_args)
     out = graph(*call_args).float()
-    extra.update({"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_compiled_graph": rel_err(out, first_out),
-                  "compile_s": round(compile_s, 1), "regions": n})
-    record(name, lambda: graph(*call_args), extra)
+    record(name, lambda: graph(*call_args),
+           {"rel_err_vs_eager": rel_err(out, reference_out), "rel_diff_vs_compiled_graph": rel_err(out, first_out),
+            "compile_s": round(compile_s, 1), "regions": n})
     results[f"top_ops_{name}"] = top_ops(lambda: copy_(*call_args))
 
 
