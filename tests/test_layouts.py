@@ -32,23 +32,29 @@ def _layout(t: torch.Tensor) -> str:
     return "contiguous" if t.is_contiguous() else f"strides {t.stride()}"
 
 
-def _region_layouts(channels_last: bool, keep: bool = True) -> collections.Counter:
+def _tiny_unet(channels_last: bool, keep: bool = True):
+    """The tiny UNet laid out as fast set-up lays it out on a GPU (or not), and its inputs."""
     unet = random_unet(UNET_PRESETS["tiny"], seed=0).eval()
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     if keep:
         assert keep_channels_last_between_blocks(unet) > 0
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 13, 4, 32, 32, generator=g)
+    if channels_last:
+        sample = sample.contiguous(memory_format=CL)
+    return unet, (sample, torch.tensor(500), torch.randn(8, 50, 384, generator=g))
+
+
+def _region_layouts(channels_last: bool, keep: bool = True) -> collections.Counter:
+    unet, inputs = _tiny_unet(channels_last, keep)
     seen: collections.Counter = collections.Counter()
     for module in unet.modules():
         if isinstance(module, REGIONS):
             module.register_forward_hook(
                 lambda m, args, out: seen.update([(type(m).__name__, _layout(args[0]), _layout(out))]))
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 13, 4, 32, 32, generator=g)
-    if channels_last:
-        sample = sample.contiguous(memory_format=CL)
     with torch.no_grad():
-        DeepCache(unet, 3)(sample, torch.tensor(500), torch.randn(8, 50, 384, generator=g), 0)
+        DeepCache(unet, 3)(*inputs, 0)
     return seen
 
 
@@ -131,12 +137,9 @@ def test_fast_layout_forward_runs_no_5d_cat_or_3d_upsampling():
                 calls[name] += 1
             return func(*args, **(kwargs or {}))
 
-    unet = random_unet(UNET_PRESETS["tiny"], seed=0).eval().to(memory_format=torch.channels_last)
-    keep_channels_last_between_blocks(unet)
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 13, 4, 32, 32, generator=g).contiguous(memory_format=CL)
+    unet, inputs = _tiny_unet(channels_last=True)
     with torch.no_grad(), Record():
-        unet(sample, torch.tensor(500), torch.randn(8, 50, 384, generator=g))
+        unet(*inputs)
     assert calls["4d cat"] > 0 and calls["upsample_nearest2d"] > 0, calls
     assert calls["5d cat"] == 0 and calls["upsample_nearest3d"] == 0, calls
 
