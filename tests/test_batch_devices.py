@@ -197,7 +197,7 @@ def test_two_cpu_workers_write_the_files_of_the_single_process_batch(tmp_path, c
     levels. With processes each job is encoded in a fresh process: 18 of 18 runs matched.
     The frames handed to the writer are the same; libx264 itself reads memory it never
     initialised, so its bytes depend on what a long-lived process's heap held before
-    (tests/test_media_writer.py, the xfail test on the heap)."""
+    (tests/test_media_writer.py, the test on fresh processes)."""
     video, audio1, audio2 = clip
     build = api.engine_options_from_args
 
