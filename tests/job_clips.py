@@ -175,8 +175,8 @@ def mouth_and_outside(box: tuple[float, float, float, float], shape: tuple[int, 
 
 
 # -- comparing encoded outputs ------------------------------------------------------------------
-# libx264 in PyAV 15.1 reads memory it never wrote (tests/test_media_writer.py, the xfail test
-# on the heap): a file encoded in a long-lived process can differ from a fresh process's in
+# libx264 in PyAV 15.1 read memory it never wrote on some machines (tests/test_media_writer.py,
+# the test on fresh processes): a file encoded in a long-lived process can differ from a fresh process's in
 # the bottom-right 16x8 pixels of a 360-wide frame (it ends in half a macroblock), by at most
 # 4 levels (measured in tests/test_batch_devices.py). Nothing else may differ.
 X264_CORNER = (16, 8)  # rows, columns
