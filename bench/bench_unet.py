@@ -9,9 +9,12 @@ Variants, side by side in one process:
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
+  deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
+                 interval 3): the full step that keeps the deep features, and the cached step
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
 Also: each variant's peak memory, and the top CUDA ops of the eager and compiled forwards
-(a whole DeepCache chunk is timed by bench_cold_start and bench_e2e, not here).
+(a whole chunk, VAE included, is timed by bench_cold_start and bench_e2e; --deepcache gives
+the UNet's share of it: 20 steps as full and cached steps).
 
     python bench/bench_unet.py --out bench/results/unet_h100.json
 """
@@ -115,6 +118,9 @@ def main() -> None:
     parser.add_argument("--glue-ops", action="store_true",
                         help="also list the compiled forward's ATen ops other than GEMMs, convolutions and "
                              "attention (copies, cat, upsampling) by input shapes, inside a region or between")
+    parser.add_argument("--deepcache", action="store_true",
+                        help="deepcache_full and deepcache_shallow variants: the job's FastPredictor graphs, "
+                             "and the UNet seconds of one 20-step chunk made of them")
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
@@ -140,7 +146,8 @@ def main() -> None:
         timing.update(extra or {})
         results["variants"][name] = timing
         save(results, args.out)
-        print(f"{name:16s} {timing['median_s'] * 1e3:8.1f} ms  {timing['tflops']:6.1f} TFLOP/s  "
+        rate = "" if timing["tflops"] is None else f"{timing['tflops']:6.1f} TFLOP/s"
+        print(f"{name:16s} {timing['median_s'] * 1e3:8.1f} ms  {rate}  "
               f"peak {timing['peak_allocated_gb']} GB", flush=True)
 
     with torch.no_grad():
@@ -220,7 +227,9 @@ def main() -> None:
                 regraph("compiled_graph[5d_glue]", "rel_diff_vs_4d_glue")
             finally:
                 resnet._frames_last = frames_last
-        graph = None  # the variant below is a graph of a fresh copy
+        graph = None  # the variants below capture graphs of their own
+        if args.deepcache:
+            deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -237,6 +246,29 @@ def main() -> None:
 def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
     """The largest deviation from `reference`, relative to its largest value."""
     return ((out - reference).abs().max() / reference.abs().max()).item()
+
+
+def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_out, steps: int = 20,
+                       interval: int = 3) -> None:
+    """Time the two graphs a job's FastPredictor captures, and what one chunk of `steps`
+    steps spends in them (the rest of a chunk's time is the VAE and the scheduler)."""
+    from fastsync.accel.predictor import FastPredictor
+
+    predictor = FastPredictor(unet_cl, interval, channels_last=True, cuda_graphs=True, compiled=True,
+                              num_frames=call_args[0].shape[2])
+    full, shallow = predictor._graphs_for(*call_args)
+    noise, deep = full(*call_args)
+    record("deepcache_full", lambda: full(*call_args),
+           {"rel_diff_vs_compiled_graph": rel_err(noise.float(), first_out)})
+    record("deepcache_shallow", lambda: shallow(*call_args, deep), {"tflops": None})
+    full_steps = sum(predictor.cache.is_full_step(step) for step in range(steps))
+    variants = results["variants"]
+    results["deepcache_chunk"] = {
+        "steps": steps, "interval": interval, "full_steps": full_steps, "cached_steps": steps - full_steps,
+        "unet_s": round(full_steps * variants["deepcache_full"]["median_s"]
+                        + (steps - full_steps) * variants["deepcache_shallow"]["median_s"], 4),
+        "shallow_over_full": round(variants["deepcache_shallow"]["median_s"] / variants["deepcache_full"]["median_s"], 3)}
+    print(f"one chunk's UNet: {results['deepcache_chunk']}", flush=True)
 
 
 def fast_copy(unet, backend: str):
