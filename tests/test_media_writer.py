@@ -165,7 +165,7 @@ def test_fresh_processes_encode_the_same_frames_to_the_same_bytes(tmp_path):
     CI machine of 2026-12-02 it differed in the bottom-right macroblock: libx264 (PyAV 15.1's
     wheel, core 165) read memory it never wrote, which is why a long-lived process's later
     job could differ by a few levels there (test_batch_devices). On the AMD EPYC CI machine
-    of 2026-12-03 the three files were equal in six runs out of six, so that upstream
+    of 2026-12-03 the plain and the perturbed files were equal in six runs of six, so that upstream
     behaviour depends on the CPU's code path and cannot be asserted either way."""
     import hashlib
     import subprocess
