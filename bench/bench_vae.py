@@ -58,7 +58,6 @@ def main() -> None:
         results["variants"][f"micro_batch_{size}"] = row
         save(results, args.out)
         print(size, row, flush=True)
-    save(results, args.out)
 
 
 if __name__ == "__main__":
