@@ -49,16 +49,18 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    plan = [(0, None, "threads")] * runs if mode == "reference" else [
-        (t, q, h) for t in args.cpu_threads_variants for q in args.max_queued_variants
-        for h in args.host_variants] * runs
-    for k, (cpu_threads, max_queued, host) in enumerate(plan):
+    plan = [(0, None, "threads", None)] * runs if mode == "reference" else [
+        (t, q, h, v) for t in args.cpu_threads_variants for q in args.max_queued_variants
+        for h in args.host_variants for v in args.vae_micro_batch_variants] * runs
+    for k, (cpu_threads, max_queued, host, vae_micro_batch) in enumerate(plan):
         if mode == "fast":
             set_cpu_threads(cpu_threads)
             options = engine.components.options
             changes = {"host_processes": host == "processes"}
             if max_queued is not None:
                 changes["max_queued"] = max_queued
+            if vae_micro_batch is not None:
+                changes["vae_micro_batch"] = vae_micro_batch
             engine.components.options = dataclasses.replace(options, fast=dataclasses.replace(options.fast, **changes))
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
@@ -72,7 +74,9 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         wall = time.perf_counter() - started
         result["runs"].append({
             "cpu_threads": cpu_threads or None, "host": host if mode == "fast" else None,
-            "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None, "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
+            "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None,
+            "vae_micro_batch": engine.components.options.fast.vae_micro_batch if mode == "fast" else None,
+            "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
@@ -129,6 +133,9 @@ def main() -> None:
     parser.add_argument("--host-variants", type=lambda v: v.split(","), default=["threads"],
                         help="fast mode: one run per host-stage variant, threads and/or processes "
                              "(FastOptions.host_processes)")
+    parser.add_argument("--vae-micro-batch-variants", type=lambda v: [int(x) for x in v.split(",")],
+                        default=[None], help="fast mode: one run per value of FastOptions.vae_micro_batch "
+                                             "(a size the warm-up did not compile compiles in its first run)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
