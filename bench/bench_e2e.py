@@ -49,10 +49,10 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    plan = [(0, None, "threads", None)] * runs if mode == "reference" else [
-        (t, q, h, v) for t in args.cpu_threads_variants for q in args.max_queued_variants
-        for h in args.host_variants for v in args.vae_micro_batch_variants] * runs
-    for k, (cpu_threads, max_queued, host, vae_micro_batch) in enumerate(plan):
+    plan = [(0, None, "threads", None, None)] * runs if mode == "reference" else [
+        (t, q, h, v, c) for t in args.cpu_threads_variants for q in args.max_queued_variants
+        for h in args.host_variants for v in args.vae_micro_batch_variants for c in args.cfg_pair_variants] * runs
+    for k, (cpu_threads, max_queued, host, vae_micro_batch, cfg_pair) in enumerate(plan):
         if mode == "fast":
             set_cpu_threads(cpu_threads)
             options = engine.components.options
@@ -61,6 +61,8 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
                 changes["max_queued"] = max_queued
             if vae_micro_batch is not None:
                 changes["vae_micro_batch"] = vae_micro_batch
+            if cfg_pair is not None:
+                changes["cfg_pair"] = cfg_pair
             engine.components.options = dataclasses.replace(options, fast=dataclasses.replace(options.fast, **changes))
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
@@ -76,6 +78,8 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
             "cpu_threads": cpu_threads or None, "host": host if mode == "fast" else None,
             "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None,
             "vae_micro_batch": engine.components.options.fast.vae_micro_batch if mode == "fast" else None,
+            "cfg_pair": engine.components.options.fast.cfg_pair if mode == "fast" else None,
+            "output": str(output),
             "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
             "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
@@ -136,6 +140,10 @@ def main() -> None:
     parser.add_argument("--vae-micro-batch-variants", type=lambda v: [int(x) for x in v.split(",")],
                         default=[None], help="fast mode: one run per value of FastOptions.vae_micro_batch "
                                              "(a size the warm-up did not compile compiles in its first run)")
+    parser.add_argument("--cfg-pair-variants", type=lambda v: [x == "on" for x in v.split(",")], default=[None],
+                        help="fast mode: on,off = one run each with FastOptions.cfg_pair on and off (the warm-up "
+                             "compiles only the engine's own setting; the other compiles in its first run); "
+                             "the fidelity is then given for each setting's last run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
@@ -151,6 +159,11 @@ def main() -> None:
         ref, fast_r = results["modes"]["reference"], results["modes"]["fast"]
         quality = compare_videos(Path(ref["output"]), Path(fast_r["output"]), ref["mouth_boxes"])
         results["fidelity_fast_vs_reference"] = quality.as_dict()
+        if len(args.cfg_pair_variants) > 1:  # each setting's last run, against the same reference
+            results["fidelity_by_cfg_pair"] = {
+                str(setting): compare_videos(Path(ref["output"]), Path(last["output"]), ref["mouth_boxes"]).as_dict()
+                for setting, last in {r["cfg_pair"]: r for r in fast_r["runs"]}.items()}
+            print("fidelity by cfg_pair", results["fidelity_by_cfg_pair"], flush=True)
         ref_wall = ref["runs"][0]["wall_s"]
         best_fast = min(r["wall_s"] for r in fast_r["runs"])
         results["ratios"] = {

@@ -9,8 +9,18 @@ Variants, side by side in one process:
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
+  compiled_graph[cfg_pair] (--cfg-pair) the same regions called with cfg_pair=True: the CFG
+                 pair's equal halves computed once up to the first cross-attention, the
+                 zero-audio rows' cross-attention given as its bias (fast mode's default since
+                 2026-12-03; compiled_graph is the forward without it)
+  compiled_graph[fused_geglu] (--fused-geglu) the feed-forwards' GEGLU as one Triton kernel
+                 (fastsync.accel.geglu; its regions compile again), and with --cfg-pair also
+                 compiled_graph[cfg_pair+fused_geglu]
   deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
-                 interval 3): the full step that keeps the deep features, and the cached step
+                 interval 3): the full step that keeps the deep features, and the cached step;
+                 with --cfg-pair also deepcache_full[cfg_pair] and deepcache_shallow[cfg_pair]
+The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
+audio]); the runs before 2026-12-03 took random halves, which times the same kernels.
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
 Also: each variant's peak memory, and the top CUDA ops of the eager and compiled forwards
 (a whole chunk, VAE included, is timed by bench_cold_start and bench_e2e; --deepcache gives
@@ -37,12 +47,13 @@ from fastsync.models.motion_module import TemporalSelfAttention
 from fastsync.models.loading import random_unet
 
 
-def inputs(dtype, frames=16, size=64, batch=2):
+def inputs(dtype, frames=16, size=64):
+    """One CFG pair: (2, 13, F, size, size) with equal halves, audio (2F, 50, 384) = [zeros, audio]."""
     g = torch.Generator(device="cuda").manual_seed(0)
-    sample = torch.randn(batch, 13, frames, size, size, generator=g, device="cuda", dtype=dtype)
-    audio = torch.randn(batch * frames, 50, 384, generator=g, device="cuda", dtype=dtype)
+    half = torch.randn(1, 13, frames, size, size, generator=g, device="cuda", dtype=dtype)
+    audio = torch.randn(frames, 50, 384, generator=g, device="cuda", dtype=dtype)
     t = torch.tensor(501, device="cuda")
-    return sample, t, audio
+    return torch.cat([half, half]), t, torch.cat([torch.zeros_like(audio), audio])
 
 
 def top_ops(fn, n=15) -> list[dict]:
@@ -124,6 +135,11 @@ def main() -> None:
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
+    parser.add_argument("--cfg-pair", action="store_true",
+                        help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
+                             "the same regions called with cfg_pair=True")
+    parser.add_argument("--fused-geglu", action="store_true",
+                        help="a compiled_graph[fused_geglu] variant: the GEGLUs through the fused Triton kernel")
     parser.add_argument("--autotune-gemm-only", action="store_true",
                         help="with --max-autotune: convolutions stay on cuDNN (ATen), only GEMMs are tuned")
     args = parser.parse_args()
@@ -200,15 +216,19 @@ def main() -> None:
                lambda: graph(sample_cl, t, audio), {"rel_err_vs_eager": err, "capture_s": round(capture_s, 1)})
         first_out = out
 
-        def regraph(name: str, diff_key: str) -> None:
+        def regraph(name: str, diff_key: str, **call_kwargs) -> None:
             """compiled_graph captured again after a change around the same regions (same
-            weights, same inputs), recorded with its difference from the first capture."""
+            weights, same inputs), recorded with its difference from the first capture.
+            The capture's warm-up compiles the shapes new to it (capture_s)."""
             nonlocal graph
             graph = None  # the previous capture's memory goes back first
-            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a), (sample_cl, t, audio))
+            started = time.perf_counter()
+            graph = GraphedCall(lambda s, tt, a: unet_cl(s, tt, a, **call_kwargs), (sample_cl, t, audio))
+            capture_s = time.perf_counter() - started
             out = graph(sample_cl, t, audio).float()
             record(name, lambda captured=graph: captured(sample_cl, t, audio),
-                   {"rel_err_vs_eager": rel_err(out, reference_out), diff_key: rel_err(out, first_out)})
+                   {"rel_err_vs_eager": rel_err(out, reference_out), diff_key: rel_err(out, first_out),
+                    "capture_s": round(capture_s, 1)})
 
         for backend in backends[1:]:
             set_motion_attention(unet_cl, backend)
@@ -227,9 +247,28 @@ def main() -> None:
                 regraph("compiled_graph[5d_glue]", "rel_diff_vs_4d_glue")
             finally:
                 resnet._frames_last = frames_last
+        if args.cfg_pair:
+            regraph("compiled_graph[cfg_pair]", "rel_diff_vs_plain_pair", cfg_pair=True)
+            if not args.skip_compile:
+                results["top_ops_compiled_cfg_pair"] = top_ops(lambda: unet_cl(sample_cl, t, audio, cfg_pair=True))
+        if args.fused_geglu:
+            from fastsync.accel import geglu
+            from fastsync.models.attention import GEGLU
+
+            results["fused_geglu_modules"] = geglu.install(unet_cl)
+            regraph("compiled_graph[fused_geglu]", "rel_diff_vs_plain_geglu")
+            if args.cfg_pair:
+                regraph("compiled_graph[cfg_pair+fused_geglu]", "rel_diff_vs_plain", cfg_pair=True)
+            if not args.skip_compile:
+                results["top_ops_compiled_fused_geglu"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
+            for module in unet_cl.modules():
+                if isinstance(module, GEGLU):
+                    module.fused = False
         graph = None  # the variants below capture graphs of their own
         if args.deepcache:
             deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out)
+            if args.cfg_pair:
+                deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out, cfg_pair=True)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -249,26 +288,27 @@ def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_out, steps: int = 20,
-                       interval: int = 3) -> None:
+                       interval: int = 3, cfg_pair: bool = False) -> None:
     """Time the two graphs a job's FastPredictor captures, and what one chunk of `steps`
     steps spends in them (the rest of a chunk's time is the VAE and the scheduler)."""
     from fastsync.accel.predictor import FastPredictor
 
     predictor = FastPredictor(unet_cl, interval, channels_last=True, cuda_graphs=True, compiled=True,
-                              num_frames=call_args[0].shape[2])
+                              num_frames=call_args[0].shape[2], cfg_pair=cfg_pair)
     full, shallow = predictor._graphs_for(*call_args)
     noise, deep = full(*call_args)
-    record("deepcache_full", lambda: full(*call_args),
+    tag = "[cfg_pair]" if cfg_pair else ""
+    record(f"deepcache_full{tag}", lambda: full(*call_args),
            {"rel_diff_vs_compiled_graph": rel_err(noise.float(), first_out)})
-    record("deepcache_shallow", lambda: shallow(*call_args, deep), {"tflops": None})
+    record(f"deepcache_shallow{tag}", lambda: shallow(*call_args, deep), {"tflops": None})
     full_steps = sum(predictor.cache.is_full_step(step) for step in range(steps))
     variants = results["variants"]
-    results["deepcache_chunk"] = {
+    full_s, shallow_s = variants[f"deepcache_full{tag}"]["median_s"], variants[f"deepcache_shallow{tag}"]["median_s"]
+    results[f"deepcache_chunk{tag}"] = {
         "steps": steps, "interval": interval, "full_steps": full_steps, "cached_steps": steps - full_steps,
-        "unet_s": round(full_steps * variants["deepcache_full"]["median_s"]
-                        + (steps - full_steps) * variants["deepcache_shallow"]["median_s"], 4),
-        "shallow_over_full": round(variants["deepcache_shallow"]["median_s"] / variants["deepcache_full"]["median_s"], 3)}
-    print(f"one chunk's UNet: {results['deepcache_chunk']}", flush=True)
+        "unet_s": round(full_steps * full_s + (steps - full_steps) * shallow_s, 4),
+        "shallow_over_full": round(shallow_s / full_s, 3)}
+    print(f"one chunk's UNet{tag}: {results[f'deepcache_chunk{tag}']}", flush=True)
 
 
 def fast_copy(unet, backend: str):

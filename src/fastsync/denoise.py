@@ -42,6 +42,8 @@ class SamplingOptions:
 
 
 # A callable that predicts noise: (sample (B,13,F,h,w), t (0-dim), audio (B*F,50,384), step_index) -> (B,4,F,h,w)
+# predict(model_input, t, audio, step): every call's batch is a CFG pair, the two halves of
+# model_input equal and the first half's audio all zeros (what fast mode's cfg_pair relies on).
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 

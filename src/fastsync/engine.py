@@ -74,6 +74,14 @@ class FastOptions:
     # limit). Past the launch queue's depth a launch blocks holding the GIL, which stalls
     # the decode/warp and paste/encode threads (fastsync.transfer.LaunchThrottle).
     max_queued: int = 2
+    # The denoiser's UNet batch is a classifier-free-guidance pair [zero audio, audio] with
+    # equal latents. The UNet computes the shared rows once up to the first cross-attention
+    # and gives the zero-audio rows' cross-attention its exact value, to_out's bias, without
+    # computing it (UNet3DConditionModel.forward). Same values; tests/test_cfg_pair.py.
+    cfg_pair: bool = True
+    # The feed-forwards' GEGLU (projection, chunk, value * gelu(gate)) as one Triton kernel
+    # that never writes the 8d-wide product (fastsync.accel.geglu). CUDA only; elsewhere ignored.
+    fused_geglu: bool = False
 
 
 @dataclass(frozen=True)

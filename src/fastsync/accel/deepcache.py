@@ -37,11 +37,13 @@ class DeepCache:
     interval=1 makes every step full, i.e. exactly the plain model.
     """
 
-    def __init__(self, unet: UNet3DConditionModel, interval: int = 3):
+    def __init__(self, unet: UNet3DConditionModel, interval: int = 3, *, cfg_pair: bool = False):
+        """cfg_pair: every call's batch is a CFG pair (see UNet3DConditionModel.forward)."""
         if interval < 1:
             raise ValueError(f"DeepCache interval must be >= 1, got {interval}")
         self.unet = unet
         self.interval = interval
+        self.cfg_pair = cfg_pair
         self.deep: Tensor | None = None  # stage-5 output of the last full step, (B, C0, F, H, W)
 
     def reset(self) -> None:
@@ -62,17 +64,11 @@ class DeepCache:
         """The plain forward pass, keeping the deep feature for the following cached steps."""
         unet, audio = self.unet, encoder_hidden_states
         unet.check_inputs(sample, audio)
-        # 1-2. time embedding (B, 4*C0) and stem (B, C0, F, H, W)
-        temb = unet.embed_time(timestep, sample)
-        stem = unet.stem(sample)
-        # 3-5. encoder, bottleneck, decoder up to its last layer -> the deep feature
-        x, skips = unet.down(stem, temb, audio)
-        x = unet.mid_block(x, temb, audio)
-        deep = unet.up_deep(x, skips, temb, audio)  # (B, C0, F, H, W)
+        # 1-5. time embedding, stem, encoder, bottleneck, decoder up to its last layer
+        deep, stem, temb = unet.features(sample, timestep, audio, self.cfg_pair)  # deep (B, C0, F, H, W)
         self.deep = deep
         # 6-7. last decoder layer and head
-        x = unet.up_last(deep, stem, temb, audio)
-        return unet.head(x)
+        return unet.finish(deep, stem, temb, audio, unet.null_rows(sample, self.cfg_pair))
 
     def cached_step(
         self, sample: Tensor, timestep: Tensor | int, encoder_hidden_states: Tensor, step_index: int
@@ -94,5 +90,4 @@ class DeepCache:
         temb = unet.embed_time(timestep, sample)
         stem = unet.stem(sample)
         # 6-7. last decoder layer on (cached deep feature ++ fresh stem), then the head
-        x = unet.up_last(deep, stem, temb, audio)
-        return unet.head(x)
+        return unet.finish(deep, stem, temb, audio, unet.null_rows(sample, self.cfg_pair))

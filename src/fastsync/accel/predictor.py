@@ -22,8 +22,8 @@ from fastsync.engine import Components
 class PlainPredictor:
     """DeepCache with the given interval (1 = the plain model), eager."""
 
-    def __init__(self, unet, interval: int):
-        self.cache = DeepCache(unet, interval=max(interval, 1))
+    def __init__(self, unet, interval: int, *, cfg_pair: bool = False):
+        self.cache = DeepCache(unet, interval=max(interval, 1), cfg_pair=cfg_pair)
 
     def reset(self) -> None:
         self.cache.reset()
@@ -40,8 +40,9 @@ class FastPredictor(PlainPredictor):
     """
 
     def __init__(self, unet, interval: int, *, channels_last: bool, cuda_graphs: bool, compiled: bool,
-                 num_frames: int):
-        super().__init__(unet, interval)
+                 num_frames: int, cfg_pair: bool = False):
+        super().__init__(unet, interval, cfg_pair=cfg_pair)
+        self.cfg_pair = cfg_pair
         self.unet = unet
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs and torch.cuda.is_available()
@@ -57,17 +58,13 @@ class FastPredictor(PlainPredictor):
     # The two DeepCache passes as pure functions of their inputs, for capture.
     def _full(self, sample, t, audio):
         u = self.unet
-        temb = u.embed_time(t, sample)
-        stem = u.stem(sample)
-        x, skips = u.down(stem, temb, audio)
-        x = u.mid_block(x, temb, audio)
-        deep = u.up_deep(x, skips, temb, audio)
-        return u.head(u.up_last(deep, stem, temb, audio)), deep
+        deep, stem, temb = u.features(sample, t, audio, self.cfg_pair)
+        return u.finish(deep, stem, temb, audio, u.null_rows(sample, self.cfg_pair)), deep
 
     def _shallow(self, sample, t, audio, deep):
         u = self.unet
         temb = u.embed_time(t, sample)
-        return u.head(u.up_last(deep, u.stem(sample), temb, audio))
+        return u.finish(deep, u.stem(sample), temb, audio, u.null_rows(sample, self.cfg_pair))
 
     def _graphs_for(self, sample: Tensor, t: Tensor, audio: Tensor):
         from fastsync.accel.graphs import GraphedCall
@@ -128,7 +125,7 @@ def one_off_shapes(compiled: bool):
 def make_predictor(c: Components, sampling: SamplingOptions) -> tuple[NoisePredictor, Callable[[], None]]:
     """Return (predict, on_chunk_start); on_chunk_start drops DeepCache's per-chunk state.
     Predictors live on the components, so CUDA graphs are captured once per engine."""
-    key = ("predictor", sampling.deepcache_interval, sampling.num_frames)
+    key = ("predictor", sampling.deepcache_interval, sampling.num_frames, c.options.fast.cfg_pair)
     if key not in c.cache:
         c.cache[key] = _build(c, sampling)
     predictor = c.cache[key]
@@ -151,5 +148,5 @@ def _build(c: Components, sampling: SamplingOptions, *, cuda_graphs: bool | None
         predictor = FastPredictor(c.unet, sampling.deepcache_interval, channels_last=fast.channels_last,
                                   cuda_graphs=fast.cuda_graphs if cuda_graphs is None else cuda_graphs,
                                   compiled=fast.compile,
-                                  num_frames=sampling.num_frames)
+                                  num_frames=sampling.num_frames, cfg_pair=fast.cfg_pair)
     return predictor

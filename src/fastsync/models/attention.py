@@ -149,8 +149,13 @@ class GEGLU(nn.Module):
     def __init__(self, dim: int, inner_dim: int):
         super().__init__()
         self.proj = nn.Linear(dim, 2 * inner_dim)
+        # True: the same value from one kernel, the op fastsync.accel.geglu registers; set
+        # from outside only (fast mode on a GPU). False: the plain ops below.
+        self.fused = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            return torch.ops.fastsync.geglu(x, self.proj.weight, self.proj.bias)
         value, gate = self.proj(x).chunk(2, dim=-1)
         return value * F.gelu(gate)
 
@@ -188,13 +193,26 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, audio: Tensor) -> Tensor:
-        # x (B*F, H*W, C); audio (B*F, S, cross_attention_dim)
+    def forward(self, x: Tensor, audio: Tensor, null_rows: int = 0, duplicate: bool = False) -> Tensor:
+        # x (B*F, H*W, C); audio (B*F, S, cross_attention_dim). See SpatialTransformer.forward
+        # for null_rows and duplicate (then x holds the first half of the rows only).
         x = self.attn1(self.norm1(x)) + x
+        if duplicate:
+            x = torch.cat([x, x])  # (2*rows, H*W, C): the two equal halves of a CFG pair
         if self.add_audio_layer:
-            x = self.attn2(self.norm2(x), context=audio) + x
+            x = self._cross_attention(x, audio, null_rows)
         x = self.ff(self.norm3(x)) + x
         return x
+
+    def _cross_attention(self, x: Tensor, audio: Tensor, null_rows: int) -> Tensor:
+        if null_rows == 0:
+            return self.attn2(self.norm2(x), context=audio) + x
+        # Rows whose audio is all zeros: to_k and to_v have no bias, so k = v = 0 there, the
+        # attention output is exactly 0 whatever the weights, and attn2 gives to_out's bias.
+        # Adding it is the same value as computing it, for half the work in a CFG pair.
+        null, rest = x[:null_rows], x[null_rows:]
+        attended = self.attn2(self.norm2(rest), context=audio[null_rows:]) + rest
+        return torch.cat([null + self.attn2.to_out[0].bias, attended])
 
 
 class SpatialTransformer(nn.Module):
@@ -228,7 +246,16 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
 
-    def forward(self, x: Tensor, audio: Tensor) -> Tensor:
+    def forward(self, x: Tensor, audio: Tensor, null_rows: int = 0, duplicate: bool = False) -> Tensor:
+        """x (B, C, F, H, W), audio (B*F, S, D) -> (B, C, F, H, W).
+
+        null_rows: the first null_rows rows of `audio` are known to be all zeros (the
+        unconditional half of a CFG batch); their cross-attention is not computed (see
+        TransformerBlock._cross_attention). 0 computes every row.
+        duplicate: x is the first half of a batch whose two halves are equal (the stem of a
+        CFG pair); the rows are computed once up to the first cross-attention, where audio
+        first tells the halves apart, and the output has the full batch 2B.
+        """
         # 1. fold frames into the batch: x (B, C, F, H, W) -> (B*F, C, H, W)
         num_frames = x.shape[2]
         frames = fold_frames(x)
@@ -237,8 +264,10 @@ class SpatialTransformer(nn.Module):
         h = self.proj_in(self.norm(frames))
         h = h.flatten(2).transpose(1, 2)
         # 3. transformer blocks
-        for block in self.transformer_blocks:
-            h = block(h, audio)  # (B*F, H*W, inner)
+        for i, block in enumerate(self.transformer_blocks):
+            h = block(h, audio, null_rows, duplicate and i == 0)  # (B*F, H*W, inner)
+        if duplicate:
+            frames = torch.cat([frames, frames])
         # 4. back to a feature map, project, residual: (B*F, C, H, W) -> (B, C, F, H, W)
         h = h.transpose(1, 2).unflatten(2, (height, width))
         h = self.proj_out(h) + frames

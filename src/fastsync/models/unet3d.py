@@ -13,8 +13,12 @@ strict=True. Stages of `forward` (shapes for the full model at 512 px: H = W = 6
     6. last decoder layer, with the stem  (B, 320, F, 64, 64)
     7. head: GroupNorm, SiLU, conv_out    (B, 4, F, 64, 64)
 
-Stages 5 and 6 are separate methods because DeepCache (fastsync.accel.deepcache) caches
+`features` runs stages 1-5 and `finish` stages 6-7. Stages 5 and 6 are separate methods because DeepCache (fastsync.accel.deepcache) caches
 the output of stage 5 and re-runs only stages 1, 2, 6 and 7 on its cheap steps.
+
+`cfg_pair=True` (fast mode) skips work that a classifier-free-guidance batch makes
+redundant: the two halves are equal until audio enters at the first cross-attention, and
+the unconditional half's cross-attention, on all-zero audio, is to_out's bias alone.
 
 forward has no data-dependent Python control flow and never syncs with the device
 (no .item()), so it can be compiled and captured in a CUDA graph from outside.
@@ -176,34 +180,39 @@ class UNet3DConditionModel(nn.Module):
             sample = 2 * sample - 1.0
         return self.conv_in(sample)  # (B, C0, F, H, W)
 
-    def down(self, stem: Tensor, temb: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Encoder. Returns the deepest features and all skip tensors, the stem first."""
-        skips = [stem]
+    def down(self, stem: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0,
+             duplicate: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """Encoder. Returns the deepest features and all skip tensors, the stem first.
+
+        duplicate: `stem` is the first half of a CFG pair's equal halves; the first layer
+        computes it once, and the outputs (the stem among the skips) hold both halves.
+        """
+        skips = [torch.cat([stem, stem]) if duplicate else stem]
         x = stem
-        for block in self.down_blocks:
-            x, block_skips = block(x, temb, audio)
+        for i, block in enumerate(self.down_blocks):
+            x, block_skips = block(x, temb, audio, null_rows, duplicate and i == 0)
             skips.extend(block_skips)
         return x, skips
 
-    def up_deep(self, x: Tensor, skips: list[Tensor], temb: Tensor, audio: Tensor) -> Tensor:
+    def up_deep(self, x: Tensor, skips: list[Tensor], temb: Tensor, audio: Tensor, null_rows: int = 0) -> Tensor:
         """Decoder except the last layer of the last block: uses every skip but the stem."""
         skips = list(skips)
         for block in self.up_blocks[:-1]:
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             size = (skips[-1].shape[-2], skips[-1].shape[-1])  # the next level's resolution
-            x = block(x, block_skips, temb, audio, upsample_size=size)
+            x = block(x, block_skips, temb, audio, upsample_size=size, null_rows=null_rows)
         last = self.up_blocks[-1]
         for i in range(len(last.resnets) - 1):
-            x = last.layer(i, x, skips.pop(), temb, audio)
+            x = last.layer(i, x, skips.pop(), temb, audio, null_rows)
         if len(skips) != 1:
             raise AssertionError(f"decoder left {len(skips)} skip tensors, expected only the stem")
         return x
 
-    def up_last(self, x: Tensor, stem: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+    def up_last(self, x: Tensor, stem: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0) -> Tensor:
         """Last layer of the last up block (never upsamples): its skip tensor is the stem."""
         last = self.up_blocks[-1]
-        return last.layer(len(last.resnets) - 1, x, stem, temb, audio)
+        return last.layer(len(last.resnets) - 1, x, stem, temb, audio, null_rows)
 
     def head(self, x: Tensor) -> Tensor:
         x = F.silu(self.conv_norm_out(x))  # GroupNorm over (C, F, H, W)
@@ -223,21 +232,42 @@ class UNet3DConditionModel(nn.Module):
                 f"got {tuple(audio.shape)}"
             )
 
-    def forward(self, sample: Tensor, timestep: Tensor | int, encoder_hidden_states: Tensor) -> Tensor:
-        # sample (B, C_in, F, H, W); timestep 0-dim or (B,); encoder_hidden_states (B*F, S, D)
-        audio = encoder_hidden_states
-        self.check_inputs(sample, audio)
+    def null_rows(self, sample: Tensor, cfg_pair: bool) -> int:
+        """How many leading rows of the audio are zeros: the unconditional half of a CFG pair."""
+        if not cfg_pair:
+            return 0
+        if sample.shape[0] % 2:
+            raise ValueError(f"cfg_pair needs an even batch [unconditional, conditional]; got {sample.shape[0]}")
+        return sample.shape[0] // 2 * sample.shape[2]
+
+    def features(self, sample: Tensor, timestep: Tensor | int, audio: Tensor,
+                 cfg_pair: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Stages 1-5: (deep feature (B, C0, F, H, W), stem, temb), for `finish`."""
+        null_rows = self.null_rows(sample, cfg_pair)
         # 1. time embedding: (B, 4*C0)
         temb = self.embed_time(timestep, sample)
-        # 2. stem: (B, C0, F, H, W)
-        stem = self.stem(sample)
-        # 3. encoder: (B, C_last, F, H/8, W/8) and the skip tensors
-        x, skips = self.down(stem, temb, audio)
+        # 2-3. stem (B, C0, F, H, W), encoder (B, C_last, F, H/8, W/8) and the skip tensors.
+        # A CFG pair's halves are equal up to the first cross-attention: computed once.
+        stem = self.stem(sample[: sample.shape[0] // 2] if cfg_pair else sample)
+        x, skips = self.down(stem, temb, audio, null_rows, duplicate=cfg_pair)
         # 4. bottleneck: same shape
-        x = self.mid_block(x, temb, audio)
+        x = self.mid_block(x, temb, audio, null_rows)
         # 5. decoder up to its last layer: (B, C0, F, H, W)
-        x = self.up_deep(x, skips, temb, audio)
-        # 6. last decoder layer, concatenated with the stem: (B, C0, F, H, W)
-        x = self.up_last(x, stem, temb, audio)
-        # 7. head: (B, C_out, F, H, W)
-        return self.head(x)
+        return self.up_deep(x, skips, temb, audio, null_rows), skips[0], temb
+
+    def finish(self, deep: Tensor, stem: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0) -> Tensor:
+        """Stages 6-7: the last decoder layer on (deep ++ stem), then the head."""
+        return self.head(self.up_last(deep, stem, temb, audio, null_rows))
+
+    def forward(self, sample: Tensor, timestep: Tensor | int, encoder_hidden_states: Tensor, *,
+                cfg_pair: bool = False) -> Tensor:
+        """sample (B, C_in, F, H, W); timestep 0-dim or (B,); encoder_hidden_states (B*F, S, D).
+
+        cfg_pair=True is a promise about the inputs that saves work without changing the
+        result: the batch is a classifier-free-guidance pair [unconditional, conditional]
+        whose two halves of `sample` are equal and whose unconditional audio is all zeros.
+        """
+        audio = encoder_hidden_states
+        self.check_inputs(sample, audio)
+        deep, stem, temb = self.features(sample, timestep, audio, cfg_pair)
+        return self.finish(deep, stem, temb, audio, self.null_rows(sample, cfg_pair))

@@ -10,6 +10,7 @@ layer of a block without duplicating its math.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fastsync.config import MotionModuleConfig
@@ -65,12 +66,19 @@ class BlockSpec:
         return nn.ModuleList([MotionModule(channels, self.motion) for _ in range(count)])
 
 
-def resnet_attention_motion(block: nn.Module, i: int, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+def resnet_attention_motion(block: nn.Module, i: int, x: Tensor, temb: Tensor, audio: Tensor,
+                            null_rows: int = 0, duplicate: bool = False) -> Tensor:
     """Layer i of a down or up block: ResNet, then the audio transformer and the motion
-    module when the block has them. (B, C_in, F, H, W) -> (B, C_out, F, H, W)."""
-    x = block.resnets[i](x, temb)
+    module when the block has them. (B, C_in, F, H, W) -> (B, C_out, F, H, W).
+
+    null_rows and duplicate as in SpatialTransformer.forward; with duplicate, x holds the
+    first half of a CFG pair's equal halves (temb the whole pair's) and the output both.
+    """
+    x = block.resnets[i](x, temb[: x.shape[0]] if duplicate else temb)
     if len(block.attentions) > 0:
-        x = block.attentions[i](x, audio)
+        x = block.attentions[i](x, audio, null_rows, duplicate)
+    elif duplicate:
+        x = torch.cat([x, x])
     if len(block.motion_modules) > 0:
         x = block.motion_modules[i](x)
     return x
@@ -106,13 +114,17 @@ class DownBlock(nn.Module):
             nn.ModuleList([Downsample(out_channels, downsample_padding)]) if add_downsample else None
         )
 
-    def layer(self, i: int, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
-        return resnet_attention_motion(self, i, x, temb, audio)
+    def layer(self, i: int, x: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0,
+              duplicate: bool = False) -> Tensor:
+        return resnet_attention_motion(self, i, x, temb, audio, null_rows, duplicate)
 
-    def forward(self, x: Tensor, temb: Tensor, audio: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0,
+                duplicate: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """duplicate: x is the first half of a CFG pair (see resnet_attention_motion); the
+        first layer computes it once and returns both halves."""
         skips = []
         for i in range(len(self.resnets)):
-            x = self.layer(i, x, temb, audio)
+            x = self.layer(i, x, temb, audio, null_rows, duplicate and i == 0)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)  # (B, C_out, F, H/2, W/2)
@@ -131,11 +143,11 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([spec.transformer(channels) for _ in range(num_layers)])
         self.motion_modules = spec.motion_modules(channels, num_layers)
 
-    def forward(self, x: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+    def forward(self, x: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0) -> Tensor:
         # x (B, C, F, h, w) -> same shape
         x = self.resnets[0](x, temb)
         for i in range(len(self.attentions)):
-            x = self.attentions[i](x, audio)
+            x = self.attentions[i](x, audio, null_rows)
             if len(self.motion_modules) > 0:
                 x = self.motion_modules[i](x)
             x = self.resnets[i + 1](x, temb)
@@ -174,9 +186,9 @@ class UpBlock(nn.Module):
         self.motion_modules = spec.motion_modules(out_channels, num_layers)
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
 
-    def layer(self, i: int, x: Tensor, skip: Tensor, temb: Tensor, audio: Tensor) -> Tensor:
+    def layer(self, i: int, x: Tensor, skip: Tensor, temb: Tensor, audio: Tensor, null_rows: int = 0) -> Tensor:
         x = cat_channels(x, skip)  # (B, C_run + C_skip, F, H, W)
-        return resnet_attention_motion(self, i, x, temb, audio)
+        return resnet_attention_motion(self, i, x, temb, audio, null_rows)
 
     def forward(
         self,
@@ -185,10 +197,11 @@ class UpBlock(nn.Module):
         temb: Tensor,
         audio: Tensor,
         upsample_size: tuple[int, int] | None = None,
+        null_rows: int = 0,
     ) -> Tensor:
         # `skips` holds exactly this block's skip tensors, oldest first.
         for i in range(len(self.resnets)):
-            x = self.layer(i, x, skips[-1 - i], temb, audio)
+            x = self.layer(i, x, skips[-1 - i], temb, audio, null_rows)
         if self.upsamplers is not None:
             if upsample_size is None:
                 raise ValueError("an upsampling block needs the spatial size of the next skip tensor")
