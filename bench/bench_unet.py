@@ -13,9 +13,6 @@ Variants, side by side in one process:
                  pair's equal halves computed once up to the first cross-attention, the
                  zero-audio rows' cross-attention given as its bias (fast mode's default since
                  2026-12-03; compiled_graph is the forward without it)
-  compiled_graph[fused_geglu] (--fused-geglu) the feed-forwards' GEGLU as one Triton kernel
-                 (fastsync.accel.geglu; its regions compile again), and with --cfg-pair also
-                 compiled_graph[cfg_pair+fused_geglu]
   deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
                  interval 3): the full step that keeps the deep features, and the cached step;
                  with --cfg-pair also deepcache_full[cfg_pair] and deepcache_shallow[cfg_pair]
@@ -135,11 +132,10 @@ def main() -> None:
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
+    parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
-    parser.add_argument("--fused-geglu", action="store_true",
-                        help="a compiled_graph[fused_geglu] variant: the GEGLUs through the fused Triton kernel")
     parser.add_argument("--autotune-gemm-only", action="store_true",
                         help="with --max-autotune: convolutions stay on cuDNN (ATen), only GEMMs are tuned")
     args = parser.parse_args()
@@ -169,7 +165,7 @@ def main() -> None:
     with torch.no_grad():
         reference_out = unet(sample, t, audio).float()
         record("eager", lambda: unet(sample, t, audio))
-        results["top_ops_eager"] = top_ops(lambda: unet(sample, t, audio))
+        results["top_ops_eager"] = top_ops(lambda: unet(sample, t, audio), args.top_ops)
         for row in results["top_ops_eager"]:
             print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
 
@@ -197,7 +193,7 @@ def main() -> None:
             err = rel_err(out, reference_out)
             record("compiled_cl", lambda: unet_cl(sample_cl, t, audio),
                    {"rel_err_vs_eager": err, "compile_s": round(compile_s, 1), "regions": n})
-            results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
+            results["top_ops_compiled_cl"] = top_ops(lambda: unet_cl(sample_cl, t, audio), args.top_ops)
             for row in results["top_ops_compiled_cl"]:
                 print(f"   {row['cuda_ms']:8.2f} ms {row['calls']:5d}  {row['op']}")
             if args.glue_ops:
@@ -250,20 +246,8 @@ def main() -> None:
         if args.cfg_pair:
             regraph("compiled_graph[cfg_pair]", "rel_diff_vs_plain_pair", cfg_pair=True)
             if not args.skip_compile:
-                results["top_ops_compiled_cfg_pair"] = top_ops(lambda: unet_cl(sample_cl, t, audio, cfg_pair=True))
-        if args.fused_geglu:
-            from fastsync.accel import geglu
-            from fastsync.models.attention import GEGLU
-
-            results["fused_geglu_modules"] = geglu.install(unet_cl)
-            regraph("compiled_graph[fused_geglu]", "rel_diff_vs_plain_geglu")
-            if args.cfg_pair:
-                regraph("compiled_graph[cfg_pair+fused_geglu]", "rel_diff_vs_plain", cfg_pair=True)
-            if not args.skip_compile:
-                results["top_ops_compiled_fused_geglu"] = top_ops(lambda: unet_cl(sample_cl, t, audio))
-            for module in unet_cl.modules():
-                if isinstance(module, GEGLU):
-                    module.fused = False
+                results["top_ops_compiled_cfg_pair"] = top_ops(lambda: unet_cl(sample_cl, t, audio, cfg_pair=True),
+                                                              args.top_ops)
         graph = None  # the variants below capture graphs of their own
         if args.deepcache:
             deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out)

@@ -79,9 +79,6 @@ class FastOptions:
     # and gives the zero-audio rows' cross-attention its exact value, to_out's bias, without
     # computing it (UNet3DConditionModel.forward). Same values; tests/test_cfg_pair.py.
     cfg_pair: bool = True
-    # The feed-forwards' GEGLU (projection, chunk, value * gelu(gate)) as one Triton kernel
-    # that never writes the 8d-wide product (fastsync.accel.geglu). CUDA only; elsewhere ignored.
-    fused_geglu: bool = False
 
 
 @dataclass(frozen=True)

@@ -233,14 +233,14 @@ def _module_key(module: nn.Module) -> str:
 @functools.cache
 def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
-    ops' registrations (attention, GEGLU: their output layouts are traced), and diffusers' (the VAE's
+    attention op's registration (its output layout is traced), and diffusers' (the VAE's
     blocks) by its version. torch's own code is covered by its version."""
     from fastsync import models
-    from fastsync.accel import geglu, short_attention
+    from fastsync.accel import short_attention
     from fastsync.components import import_diffusers
 
     package = Path(models.__file__).parent
-    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__), Path(geglu.__file__)]
+    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
     return f"models{source_digest(files, package.parent)}-diffusers{import_diffusers().__version__}"
 
 

@@ -30,13 +30,6 @@ def prepare_fast(c: Components) -> dict[str, float]:
         for module in c.unet.modules():
             if isinstance(module, TemporalSelfAttention):
                 module.backend = backend
-    if fast.fused_geglu and c.device.type == "cuda":
-        from fastsync.accel import geglu
-
-        if not geglu.available():
-            raise FastsyncError("FastOptions.fused_geglu needs Triton, which this torch lacks",
-                                hint="install a CUDA build of torch (it ships Triton) or turn fused_geglu off")
-        geglu.install(c.unet)
     if fast.host_processes:
         from fastsync.host_processes import warm_up
 

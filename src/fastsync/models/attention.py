@@ -149,13 +149,8 @@ class GEGLU(nn.Module):
     def __init__(self, dim: int, inner_dim: int):
         super().__init__()
         self.proj = nn.Linear(dim, 2 * inner_dim)
-        # True: the same value from one kernel, the op fastsync.accel.geglu registers; set
-        # from outside only (fast mode on a GPU). False: the plain ops below.
-        self.fused = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused:
-            return torch.ops.fastsync.geglu(x, self.proj.weight, self.proj.bias)
         value, gate = self.proj(x).chunk(2, dim=-1)
         return value * F.gelu(gate)
 
