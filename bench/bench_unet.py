@@ -13,10 +13,6 @@ Variants, side by side in one process:
                  pair's equal halves computed once up to the first cross-attention, the
                  zero-audio rows' cross-attention given as its bias (fast mode's default since
                  2026-12-03; compiled_graph is the forward without it)
-  compiled_graph[frames_major] (--frames-major) the motion modules' tokens kept frames-major
-                 (FastOptions.frames_major_motion; those regions compile again), and with
-                 --cfg-pair also compiled_graph[cfg_pair+frames_major]; the DeepCache
-                 variants then run with it too (their names say so)
   deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
                  interval 3): the full step that keeps the deep features, and the cached step;
                  with --cfg-pair also deepcache_full[cfg_pair] and deepcache_shallow[cfg_pair]
@@ -137,8 +133,6 @@ def main() -> None:
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
-    parser.add_argument("--frames-major", action="store_true",
-                        help="compiled_graph[frames_major] (and [cfg_pair+frames_major] with --cfg-pair)")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
@@ -254,22 +248,11 @@ def main() -> None:
             if not args.skip_compile:
                 results["top_ops_compiled_cfg_pair"] = top_ops(lambda: unet_cl(sample_cl, t, audio, cfg_pair=True),
                                                               args.top_ops)
-        if args.frames_major:
-            from fastsync.accel.setup import frames_major_motion
-
-            results["frames_major_modules"] = frames_major_motion(unet_cl)
-            regraph("compiled_graph[frames_major]", "rel_diff_vs_plain_motion")
-            if args.cfg_pair:
-                regraph("compiled_graph[cfg_pair+frames_major]", "rel_diff_vs_plain", cfg_pair=True)
-            if not args.skip_compile:
-                results["top_ops_compiled_frames_major"] = top_ops(lambda: unet_cl(sample_cl, t, audio), args.top_ops)
         graph = None  # the variants below capture graphs of their own
         if args.deepcache:
-            extra = "frames_major" if args.frames_major else ""
-            deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out, extra=extra)
+            deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out)
             if args.cfg_pair:
-                deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out, cfg_pair=True,
-                                   extra=extra)
+                deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out, cfg_pair=True)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -289,7 +272,7 @@ def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_out, steps: int = 20,
-                       interval: int = 3, cfg_pair: bool = False, extra: str = "") -> None:
+                       interval: int = 3, cfg_pair: bool = False) -> None:
     """Time the two graphs a job's FastPredictor captures, and what one chunk of `steps`
     steps spends in them (the rest of a chunk's time is the VAE and the scheduler)."""
     from fastsync.accel.predictor import FastPredictor
@@ -298,8 +281,7 @@ def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_o
                               num_frames=call_args[0].shape[2], cfg_pair=cfg_pair)
     full, shallow = predictor._graphs_for(*call_args)
     noise, deep = full(*call_args)
-    tags = [name for name, on in (("cfg_pair", cfg_pair), (extra, bool(extra))) if on]
-    tag = f"[{'+'.join(tags)}]" if tags else ""
+    tag = "[cfg_pair]" if cfg_pair else ""
     record(f"deepcache_full{tag}", lambda: full(*call_args),
            {"rel_diff_vs_compiled_graph": rel_err(noise.float(), first_out)})
     record(f"deepcache_shallow{tag}", lambda: shallow(*call_args, deep), {"tflops": None})

@@ -79,10 +79,6 @@ class FastOptions:
     # and gives the zero-audio rows' cross-attention its exact value, to_out's bias, without
     # computing it (UNet3DConditionModel.forward). Same values; tests/test_cfg_pair.py.
     cfg_pair: bool = True
-    # Motion modules keep the tokens in the frames-major order of channels_last_3d memory
-    # instead of transposing each feature map to (B, H, W, F, C) (TemporalTransformer);
-    # CUDA with channels_last and the "triton-short" temporal attention only.
-    frames_major_motion: bool = True
 
 
 @dataclass(frozen=True)

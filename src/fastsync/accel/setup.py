@@ -38,8 +38,6 @@ def prepare_fast(c: Components) -> dict[str, float]:
         c.unet.to(memory_format=torch.channels_last)
         if c.device.type == "cuda":
             keep_channels_last_between_blocks(c.unet)
-            if fast.frames_major_motion and backend == "triton-short":  # the kernel takes 5D strides
-                frames_major_motion(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
         from fastsync.accel.compile import compile_regions, compile_vae_regions
@@ -90,18 +88,6 @@ def region_compiler(c: Components):
     if not precompile.supported():
         return None
     return c.cache.setdefault("region_compiler", precompile.RegionCompiler(regions_dir()))
-
-
-def frames_major_motion(unet) -> int:
-    """Motion modules keep their tokens in the (B, F, H*W, C) order of a channels_last_3d
-    input (TemporalTransformer._frames_major); returns how many. Same values; it spares the
-    GroupNorm's transposing write of every feature map (tests/test_frames_major.py)."""
-    from fastsync.models.motion_module import TemporalTransformer
-
-    modules = [m for m in unet.modules() if isinstance(m, TemporalTransformer)]
-    for module in modules:
-        module.frames_major = True
-    return len(modules)
 
 
 def motion_attention_backend(name: str, device: torch.device) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fastsync.config import MotionModuleConfig
-from fastsync.models.attention import Attention, FeedForward, attention
+from fastsync.models.attention import Attention, FeedForward
 from fastsync.models.resnet import fold_frames
 
 
@@ -35,9 +35,8 @@ class SinusoidalPositions(nn.Module):
         self.register_buffer("pe", pe)
 
     def forward(self, x: Tensor) -> Tensor:
-        # x (N, F, dim) or frames-major (B, F, S, dim): add the first F rows of the table
-        pe = self.pe[:, : x.shape[1]]
-        return x + (pe[:, :, None] if x.dim() == 4 else pe)
+        # x (N, F, dim): add the first F rows of the table
+        return x + self.pe[:, : x.shape[1]]
 
 
 class TemporalSelfAttention(Attention):
@@ -48,23 +47,10 @@ class TemporalSelfAttention(Attention):
         self.pos_encoder = SinusoidalPositions(dim, max_len) if position_encoding else None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        # x (B*H*W, F, dim), or frames-major (B, F, H*W, dim): see TemporalTransformer
+        # x (B*H*W, F, dim)
         if self.pos_encoder is not None:
             x = self.pos_encoder(x)
-        if x.dim() == 4:
-            return self._frames_major(x)
         return super().forward(x)
-
-    def _frames_major(self, x: Tensor) -> Tensor:
-        """The same attention on (B, F, S, dim) tokens: sequence (b, s) is x[b, :, s]."""
-        batch, frames, sites, _ = x.shape
-
-        def split(t: Tensor) -> Tensor:  # (B, F, S, inner) -> (B, S, nh, F, hd), a view
-            return t.view(batch, frames, sites, self.heads, -1).permute(0, 2, 3, 1, 4)
-
-        out = attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)), backend=self.backend)
-        out = out.permute(0, 3, 1, 2, 4).reshape(batch, frames, sites, -1)  # (B, F, S, inner)
-        return self.to_out[0](out)
 
 
 class TemporalTransformerBlock(nn.Module):
@@ -89,7 +75,7 @@ class TemporalTransformerBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        # x (B*H*W, F, dim), or frames-major (B, F, H*W, dim)
+        # x (B*H*W, F, dim)
         for attn, norm in zip(self.attention_blocks, self.norms):
             x = attn(norm(x)) + x
         x = self.ff(self.ff_norm(x)) + x
@@ -112,8 +98,6 @@ class TemporalTransformer(nn.Module):
         # Set by fast mode's set-up on a GPU with channels_last (fastsync.accel.setup).
         # Off on the CPU, where oneDNN ran the tiny UNet 10-25 % slower with it on.
         self.keep_input_layout = False
-        # Frames-major tokens (set from outside, like keep_input_layout): see forward.
-        self.frames_major = False
         self.norm = nn.GroupNorm(self.NUM_GROUPS, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
@@ -131,8 +115,6 @@ class TemporalTransformer(nn.Module):
                 f"{frames} frames per clip, but the temporal position table has {self.max_frames} rows; "
                 f"run the UNet on chunks of at most {self.max_frames} frames"
             )
-        if self.frames_major:
-            return self._frames_major(x)
         # 1. per-frame GroupNorm: statistics over (C, H, W) of each frame
         h = self.norm(fold_frames(x)).reshape(batch, frames, channels, height, width)
         # 2. one sequence of F tokens per spatial position: (B*H*W, F, C)
@@ -150,23 +132,6 @@ class TemporalTransformer(nn.Module):
             # next, and the skip concatenations and convolutions downstream copy nothing.
             return x + h
         return h + x  # the reference's order, and so its layout
-
-    def _frames_major(self, x: Tensor) -> Tensor:
-        """The same values with the tokens kept in (B, F, H*W, C) order, the memory order of a
-        channels_last_3d x: the norm writes in its input's order instead of transposing
-        every feature map to (B, H, W, F, C), the projections and the MLP are the same
-        per-token GEMMs, attention reads each (b, position) sequence with strides, and the
-        residual adds two tensors of one layout."""
-        batch, channels, frames, height, width = x.shape
-        # 1. per-frame GroupNorm; (B*F, C, H, W) -> tokens (B, F, H*W, C), a view when channels_last
-        h = self.norm(fold_frames(x)).permute(0, 2, 3, 1).reshape(batch, frames, height * width, channels)
-        h = self.proj_in(h)  # (B, F, H*W, inner)
-        # 2. temporal transformer blocks over F, for each of the B*H*W positions
-        for block in self.transformer_blocks:
-            h = block(h)
-        # 3. project back: (B, F, H*W, C) -> (B, C, F, H, W), channels_last_3d memory; residual
-        h = self.proj_out(h).reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
-        return x + h
 
 
 class MotionModule(nn.Module):
