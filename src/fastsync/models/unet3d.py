@@ -13,8 +13,9 @@ strict=True. Stages of `forward` (shapes for the full model at 512 px: H = W = 6
     6. last decoder layer, with the stem  (B, 320, F, 64, 64)
     7. head: GroupNorm, SiLU, conv_out    (B, 4, F, 64, 64)
 
-`features` runs stages 1-5 and `finish` stages 6-7. Stages 5 and 6 are separate methods because DeepCache (fastsync.accel.deepcache) caches
-the output of stage 5 and re-runs only stages 1, 2, 6 and 7 on its cheap steps.
+`features` runs stages 1-5 and `finish` stages 6-7. Stages 5 and 6 are separate methods
+because DeepCache (fastsync.accel.deepcache) caches the output of stage 5 and re-runs only
+stages 1, 2, 6 and 7 on its cheap steps.
 
 `cfg_pair=True` (fast mode) skips work that a classifier-free-guidance batch makes
 redundant: the two halves are equal until audio enters at the first cross-attention, and
