@@ -9,6 +9,8 @@ Variants, side by side in one process:
   compiled_graph[blas=<lib>] (--blas) the same graph captured with another BLAS library preferred
   compiled_graph_max_autotune (--max-autotune) the same, its regions compiled in inductor's
                  max-autotune mode
+  compiled_graph[looped_reductions] (--no-persistent-reductions) the regions compiled again
+                 on a fresh copy with inductor's persistent reductions off
   compiled_graph[cfg_pair] (--cfg-pair) the same regions called with cfg_pair=True: the CFG
                  pair's equal halves computed once up to the first cross-attention, the
                  zero-audio rows' cross-attention given as its bias (fast mode's default since
@@ -132,6 +134,9 @@ def main() -> None:
     parser.add_argument("--blas", default="",
                         help="comma-separated BLAS libraries (cublaslt, ck, ...): each adds a "
                              "compiled_graph[blas=<lib>] variant, its graph captured with that library preferred")
+    parser.add_argument("--no-persistent-reductions", action="store_true",
+                        help="a compiled_graph[looped_reductions] variant: the same regions compiled on a fresh copy "
+                             "with inductor's persistent reductions off (every norm a looped reduction)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
@@ -253,6 +258,14 @@ def main() -> None:
             deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out)
             if args.cfg_pair:
                 deepcache_variants(results, record, unet_cl, (sample_cl, t, audio), first_out, cfg_pair=True)
+        if args.no_persistent_reductions and not args.skip_compile:
+            import torch._inductor.config as inductor_config
+
+            # GroupNorm over (C/G, H, W) of a 64x64 map is a 40960-element reduction per
+            # group; a persistent kernel holds all of it at once
+            with inductor_config.patch({"triton.persistent_reductions": False}):
+                fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                              "compiled_graph[looped_reductions]")
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
