@@ -42,7 +42,6 @@ class FastPredictor(PlainPredictor):
     def __init__(self, unet, interval: int, *, channels_last: bool, cuda_graphs: bool, compiled: bool,
                  num_frames: int, cfg_pair: bool = False):
         super().__init__(unet, interval, cfg_pair=cfg_pair)
-        self.cfg_pair = cfg_pair
         self.unet = unet
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs and torch.cuda.is_available()
@@ -57,14 +56,14 @@ class FastPredictor(PlainPredictor):
 
     # The two DeepCache passes as pure functions of their inputs, for capture.
     def _full(self, sample, t, audio):
-        u = self.unet
-        deep, stem, temb = u.features(sample, t, audio, self.cfg_pair)
-        return u.finish(deep, stem, temb, audio, u.null_rows(sample, self.cfg_pair)), deep
+        u, cfg_pair = self.unet, self.cache.cfg_pair
+        deep, stem, temb = u.features(sample, t, audio, cfg_pair)
+        return u.finish(deep, stem, temb, audio, u.null_rows(sample, cfg_pair)), deep
 
     def _shallow(self, sample, t, audio, deep):
         u = self.unet
         temb = u.embed_time(t, sample)
-        return u.finish(deep, u.stem(sample), temb, audio, u.null_rows(sample, self.cfg_pair))
+        return u.finish(deep, u.stem(sample), temb, audio, u.null_rows(sample, self.cache.cfg_pair))
 
     def _graphs_for(self, sample: Tensor, t: Tensor, audio: Tensor):
         from fastsync.accel.graphs import GraphedCall
