@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--no-persistent-reductions", action="store_true",
                         help="a compiled_graph[looped_reductions] variant: the same regions compiled on a fresh copy "
                              "with inductor's persistent reductions off (every norm a looped reduction)")
+    parser.add_argument("--column-group-norm", action="store_true",
+                        help="a compiled_graph[column_gn] variant: a fresh copy whose norms inside the regions "
+                             "compute from per-channel moments (fastsync.accel.group_norm)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
@@ -266,6 +269,12 @@ def main() -> None:
             with inductor_config.patch({"triton.persistent_reductions": False}):
                 fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                               "compiled_graph[looped_reductions]")
+        if args.column_group_norm and not args.skip_compile:
+            from fastsync.accel import group_norm
+            from fastsync.accel.compile import REGIONS
+
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[column_gn]", prepare=lambda m: group_norm.use_in_regions(m, REGIONS))
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -318,14 +327,16 @@ def fast_copy(unet, backend: str):
 
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
-                  name: str, *, mode: str | None = None) -> None:
-    """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
-    graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
-    difference from it."""
+                  name: str, *, mode: str | None = None, prepare=None) -> None:
+    """The fast variant again on a fresh copy of `unet` (changed by `prepare`, if given), its
+    regions compiled in `mode`, then graphed; recorded as `name` beside `compiled_graph`, with
+    its compile time and its difference from it."""
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
     copy_ = fast_copy(unet, backend)
+    if prepare is not None:
+        prepare(copy_)
     n = compile_regions(copy_, mode=mode)
     started = time.perf_counter()
     copy_(*call_args)

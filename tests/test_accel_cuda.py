@@ -196,10 +196,14 @@ def test_short_last_chunk_runs_eagerly(unet, timesteps):
 # ---------------------------------------------------------------------------------------
 
 
-def test_compile_regions_matches_eager(unet, unet32, timesteps):
+@pytest.mark.parametrize("column_group_norm", [False, True])
+def test_compile_regions_matches_eager(unet, unet32, timesteps, column_group_norm):
+    from fastsync.accel import group_norm
     from fastsync.accel.compile import REGIONS, compile_regions
 
     compiled = copy.deepcopy(unet)
+    if column_group_norm:  # fast set-up's norms (FastOptions.column_group_norm)
+        assert group_norm.use_in_regions(compiled, REGIONS) > 0
     count = compile_regions(compiled)
     assert count == sum(isinstance(m, REGIONS) for m in unet.modules()) > 0
     plain = PlainPredictor(unet, INTERVAL)
@@ -235,14 +239,16 @@ def test_precompiled_regions_match_eager_and_load_from_disk(unet, unet32, timest
             assert store.stats.compiled == 0 and store.stats.loaded > 0
 
 
-def test_compile_vae_regions_matches_eager():
-    from diffusers.models.resnet import ResnetBlock2D
+@pytest.mark.parametrize("column_group_norm", [False, True])
+def test_compile_vae_regions_matches_eager(column_group_norm):
+    from fastsync.accel import group_norm
+    from fastsync.accel.compile import compile_vae_regions, vae_regions
 
-    from fastsync.accel.compile import compile_vae_regions
-
-    vae = random_vae("tiny", seed=3).to("cuda", torch.float16)
+    vae = random_vae("tiny", seed=3).to("cuda", torch.float16).to(memory_format=torch.channels_last)
     compiled = copy.deepcopy(vae)
-    assert compile_vae_regions(compiled) == sum(isinstance(m, ResnetBlock2D) for m in vae.modules()) > 0
+    if column_group_norm:
+        assert group_norm.use_in_regions(compiled, vae_regions()) > 0
+    assert compile_vae_regions(compiled) == 2  # the encoder and the decoder
     g = torch.Generator(device="cuda").manual_seed(2)
     pixels = torch.rand(4, 3, 64, 64, device="cuda", generator=g, dtype=torch.float16) * 2 - 1
     vae32 = copy.deepcopy(vae).float()

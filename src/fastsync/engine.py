@@ -79,6 +79,13 @@ class FastOptions:
     # and gives the zero-audio rows' cross-attention its exact value, to_out's bias, without
     # computing it (UNet3DConditionModel.forward). Same values; tests/test_cfg_pair.py.
     cfg_pair: bool = True
+    # The norms inside the compiled regions (UNet and VAE) compute from per-channel moments,
+    # which a channels_last tensor gives inductor in memory order (fastsync.accel.group_norm).
+    # Same statistics, other summation order. On an H200 the UNet's CFG forward took 95.8
+    # against 101.1 ms, a chunk's VAE work (ResNet regions) 0.224 against 0.288 s
+    # (bench/results/unet_h200_column_gn.json, vae_h200_column_gn.json). Needs compile
+    # (CUDA only); tests/test_group_norm.py.
+    column_group_norm: bool = True
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,26 @@ def compile_regions(model: nn.Module, *, mode: str | None = None,
     return _compile_each(model, REGIONS, store, mode)
 
 
-def compile_vae_regions(vae: nn.Module, *, store: precompile.RegionCompiler | None = None) -> int:
-    """The VAE's ResNet blocks (diffusers' ResnetBlock2D): a third of a chunk's GPU time at
-    512 px goes to VAE encode/decode, mostly in GroupNorm+SiLU around its convolutions."""
-    from diffusers.models.resnet import ResnetBlock2D
+def vae_regions() -> tuple[type, ...]:
+    """The VAE's compiled regions: its encoder and its decoder, each whole (diffusers' Encoder
+    and Decoder). A third of a chunk's GPU time at 512 px went to VAE encode and decode.
+    Compiled whole, the samplers, the mid-block attention and the heads fuse too, and with
+    fast mode's norms (accel.group_norm) a chunk's VAE work took 0.191 s against 0.288 s for
+    the ResNet blocks alone as regions with PyTorch's norms (bench/results/vae_h200_column_gn.json).
+    Each has one input shape (fast mode's fixed micro-batch), so it compiles once."""
+    from diffusers.models.autoencoders.vae import Decoder, Encoder
 
-    return _compile_each(vae, (ResnetBlock2D,), store)
+    return (Encoder, Decoder)
+
+
+def compile_vae_regions(vae: nn.Module, *, store: precompile.RegionCompiler | None = None) -> int:
+    """Compile the VAE's regions (vae_regions) in place, lazily; returns how many. Their
+    attention first calls its processor directly, so that they can be kept on disk
+    (fastsync.accel.vae_attention)."""
+    from fastsync.accel import vae_attention
+
+    vae_attention.use_in(vae)
+    return _compile_each(vae, vae_regions(), store)
 
 
 @contextlib.contextmanager

@@ -223,9 +223,12 @@ def _module_key(module: nn.Module) -> str:
     cached = module.__dict__.get("_fastsync_region_key")
     if cached is None:
         tensors = [f"{n}:{_value_key(t)}" for n, t in (*module.named_parameters(), *module.named_buffers())]
+        # the classes inside too: fast set-up swaps some in place (accel.group_norm)
+        inner = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in module.modules()})
         cls = type(module)
         cached = ";".join([f"format{FORMAT}", f"torch{torch.__version__}", _code_key(),
-                           f"{cls.__module__}.{cls.__qualname__}", _device_key(), _tuning_key(), *tensors])
+                           f"{cls.__module__}.{cls.__qualname__}", _device_key(), _tuning_key(),
+                           "classes:" + ",".join(inner), *tensors])
         module.__dict__["_fastsync_region_key"] = cached
     return cached
 
@@ -233,14 +236,14 @@ def _module_key(module: nn.Module) -> str:
 @functools.cache
 def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
-    attention op's registration (its output layout is traced), and diffusers' (the VAE's
-    blocks) by its version. torch's own code is covered by its version."""
+    attention op's registration (its output layout is traced), fast mode's norms, the VAE's
+    attention call, and diffusers' (the VAE's encoder and decoder) by its version. torch's own code is covered by its version."""
     from fastsync import models
-    from fastsync.accel import short_attention
+    from fastsync.accel import group_norm, short_attention, vae_attention
     from fastsync.components import import_diffusers
 
     package = Path(models.__file__).parent
-    files = [*sorted(package.rglob("*.py")), Path(short_attention.__file__)]
+    files = [*sorted(package.rglob("*.py")), *(Path(m.__file__) for m in (short_attention, group_norm, vae_attention))]
     return f"models{source_digest(files, package.parent)}-diffusers{import_diffusers().__version__}"
 
 

@@ -40,9 +40,14 @@ def prepare_fast(c: Components) -> dict[str, float]:
             keep_channels_last_between_blocks(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
-        from fastsync.accel.compile import compile_regions, compile_vae_regions
+        from fastsync.accel.compile import REGIONS, compile_regions, compile_vae_regions, vae_regions
 
         started = time.perf_counter()
+        if fast.column_group_norm:
+            from fastsync.accel import group_norm
+
+            group_norm.use_in_regions(c.unet, REGIONS)
+            group_norm.use_in_regions(c.vae, vae_regions())
         store = region_compiler(c) if fast.precompile else None
         compile_regions(c.unet, store=store)  # lazy: the compilation itself happens on the first call
         compile_vae_regions(c.vae, store=store)

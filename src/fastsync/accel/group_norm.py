@@ -1,0 +1,66 @@
+"""GroupNorm from per-channel moments, for channels-last tensors inside compiled regions.
+
+Why by hand: inductor lowers `nn.GroupNorm` to one reduction per (sample, group) over
+(C/G, spatial). On a channels_last tensor those C/G channels are a few contiguous values
+between jumps of C, so each group's reduction reads memory in short strided pieces. In
+the VAE at 512 px these norms took about 40 % of the encode and decode kernel time
+(bench/results/vae_h200_regions.json).
+
+Here the same statistics come in two steps that read memory in order:
+1. the mean and variance of every channel over the spatial dims (`torch.var_mean`; with
+   the channels contiguous this is a column reduction, which inductor reads coalesced);
+2. the group's moments from its channels' moments (Chan's formula; exact, since every
+   channel of a group has the same count): mean = mean of the means, variance = mean of
+   the variances + the variance of the means.
+Then x * scale + shift per (sample, channel), in fp32 as PyTorch's kernel computes it,
+which inductor fuses with whatever follows (the SiLU of a ResNet).
+
+Outside a compiled region this is several kernels instead of one, so fast set-up uses it
+only for norms inside regions (see `use_in_regions`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """F.group_norm(x, groups, weight, bias, eps) for x (N, C, *spatial), by per-channel moments."""
+    n, c = x.shape[:2]
+    spatial = tuple(range(2, x.dim()))
+    var_c, mean_c = torch.var_mean(x.float(), dim=spatial, correction=0)  # (N, C) each
+    mean_c, var_c = mean_c.view(n, groups, c // groups), var_c.view(n, groups, c // groups)
+    mean_g = mean_c.mean(-1, keepdim=True)
+    var_g = (var_c + (mean_c - mean_g).square()).mean(-1, keepdim=True)
+    scale = torch.rsqrt(var_g + eps).expand(n, groups, c // groups)  # (N, G, C/G)
+    if weight is not None:
+        scale = scale * weight.float().view(groups, c // groups)
+    shift = -mean_g * scale
+    if bias is not None:
+        shift = shift + bias.float().view(groups, c // groups)
+    shape = (n, c) + (1,) * len(spatial)
+    return (x.float() * scale.reshape(shape) + shift.reshape(shape)).to(x.dtype)
+
+
+class ChannelsLastGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm with the same parameters and state dict, computed by `group_norm`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def use_in(module: nn.Module) -> int:
+    """Every plain nn.GroupNorm under `module` computes by `group_norm` from now on (the class
+    is swapped in place: parameters, hooks and the state dict stay); returns how many."""
+    count = 0
+    for child in module.modules():
+        if type(child) is nn.GroupNorm:
+            child.__class__ = ChannelsLastGroupNorm
+            count += 1
+    return count
+
+
+def use_in_regions(model: nn.Module, kinds: tuple[type, ...]) -> int:
+    """`use_in` for every module of one of `kinds` (the compiled regions); returns the count."""
+    return sum(use_in(module) for module in model.modules() if isinstance(module, kinds))
