@@ -137,9 +137,10 @@ def main() -> None:
     parser.add_argument("--no-persistent-reductions", action="store_true",
                         help="a compiled_graph[looped_reductions] variant: the same regions compiled on a fresh copy "
                              "with inductor's persistent reductions off (every norm a looped reduction)")
-    parser.add_argument("--column-group-norm", action="store_true",
-                        help="a compiled_graph[column_gn] variant: a fresh copy whose norms inside the regions "
-                             "compute from per-channel moments (fastsync.accel.group_norm)")
+    parser.add_argument("--pytorch-group-norm", action="store_true",
+                        help="a compiled_graph[pytorch_gn] variant: a fresh copy whose norms inside the regions "
+                             "stay PyTorch's GroupNorm (fast mode's compute from per-channel moments, "
+                             "fastsync.accel.group_norm; until 2026-12-04 they were PyTorch's)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
@@ -269,12 +270,9 @@ def main() -> None:
             with inductor_config.patch({"triton.persistent_reductions": False}):
                 fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                               "compiled_graph[looped_reductions]")
-        if args.column_group_norm and not args.skip_compile:
-            from fastsync.accel import group_norm
-            from fastsync.accel.compile import REGIONS
-
+        if args.pytorch_group_norm and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[column_gn]", prepare=lambda m: group_norm.use_in_regions(m, REGIONS))
+                          "compiled_graph[pytorch_gn]", column_group_norm=False)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -317,26 +315,30 @@ def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_o
     print(f"one chunk's UNet{tag}: {results[f'deepcache_chunk{tag}']}", flush=True)
 
 
-def fast_copy(unet, backend: str):
+def fast_copy(unet, backend: str, column_group_norm: bool | None = None):
     """A copy of `unet` laid out as fast set-up lays it out on a GPU (channels_last between
-    blocks), with `backend` as the motion modules' attention."""
+    blocks), with `backend` as the motion modules' attention and, as fast mode has them
+    unless `column_group_norm` says otherwise, the regions' norms from per-channel moments."""
+    from fastsync.accel import group_norm
+    from fastsync.accel.compile import REGIONS
+
     unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
     keep_channels_last_between_blocks(unet_cl)
     set_motion_attention(unet_cl, backend)
+    if FastOptions().column_group_norm if column_group_norm is None else column_group_norm:
+        group_norm.use_in_regions(unet_cl, REGIONS)
     return unet_cl
 
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
-                  name: str, *, mode: str | None = None, prepare=None) -> None:
-    """The fast variant again on a fresh copy of `unet` (changed by `prepare`, if given), its
-    regions compiled in `mode`, then graphed; recorded as `name` beside `compiled_graph`, with
-    its compile time and its difference from it."""
+                  name: str, *, mode: str | None = None, column_group_norm: bool | None = None) -> None:
+    """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
+    graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
+    difference from it. The first copy stays alive, so the peak holds one UNet more."""
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
-    copy_ = fast_copy(unet, backend)
-    if prepare is not None:
-        prepare(copy_)
+    copy_ = fast_copy(unet, backend, column_group_norm)
     n = compile_regions(copy_, mode=mode)
     started = time.perf_counter()
     copy_(*call_args)
