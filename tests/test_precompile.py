@@ -197,6 +197,20 @@ def test_the_source_digest_follows_every_file(tmp_path):
     assert "models" in precompile._code_key() and "diffusers" in precompile._code_key()
 
 
+def test_a_class_swapped_inside_a_region_changes_its_key():
+    """Fast set-up swaps norms inside regions in place (accel.group_norm): a region kept
+    with the other norms must not be loaded for it."""
+    import copy
+
+    from fastsync.accel import group_norm
+
+    plain = block(50)
+    swapped = copy.deepcopy(plain)
+    assert group_norm.use_in(swapped) > 0
+    assert precompile._module_key(plain) != precompile._module_key(swapped)
+    assert precompile._module_key(block(50)) == precompile._module_key(plain)  # the same classes again
+
+
 def test_compile_regions_installs_the_store_on_every_region(tmp_path):
     from fastsync.accel.compile import REGIONS
     from fastsync.config import unet_config_for

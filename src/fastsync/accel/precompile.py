@@ -217,6 +217,9 @@ def _call_key(module: nn.Module, args: tuple, kwargs: dict) -> str:
     return "|".join(parts)
 
 
+TRACED_ACCEL_MODULES = ("short_attention", "group_norm", "vae_attention")  # fastsync.accel code inside regions
+
+
 def _module_key(module: nn.Module) -> str:
     """The class, the versions, and every parameter's and buffer's layout; computed once
     per module (after fast set-up, which is when layouts stop changing)."""
@@ -236,14 +239,16 @@ def _module_key(module: nn.Module) -> str:
 @functools.cache
 def _code_key() -> str:
     """The code Dynamo traced into the graphs: fastsync's model package, the Triton
-    attention op's registration (its output layout is traced), fast mode's norms, the VAE's
-    attention call, and diffusers' (the VAE's encoder and decoder) by its version. torch's own code is covered by its version."""
+    attention op's registration (its output layout is traced), fast mode's norms, the
+    VAE's attention call, and diffusers' (the VAE's encoder and decoder) by its version.
+    torch's own code is covered by its version."""
     from fastsync import models
-    from fastsync.accel import group_norm, short_attention, vae_attention
+    from fastsync.accel import short_attention
     from fastsync.components import import_diffusers
 
     package = Path(models.__file__).parent
-    files = [*sorted(package.rglob("*.py")), *(Path(m.__file__) for m in (short_attention, group_norm, vae_attention))]
+    accel = Path(short_attention.__file__).parent  # read, not imported: vae_attention imports diffusers
+    files = [*sorted(package.rglob("*.py")), *(accel / f"{name}.py" for name in TRACED_ACCEL_MODULES)]
     return f"models{source_digest(files, package.parent)}-diffusers{import_diffusers().__version__}"
 
 
