@@ -107,6 +107,22 @@ def test_the_payload_keeps_layouts_aliasing_and_modes_not_values():
     assert kwargs == {"scale": 1.5} and modes == {"grad": False, "inference": True}
 
 
+def test_the_payload_keeps_fast_setups_swapped_classes():
+    """Fast set-up swaps classes inside the regions (accel.group_norm, accel.vae_attention);
+    a worker must compile the swapped ones."""
+    from fastsync.accel import group_norm, vae_attention
+    from fastsync.components import random_vae
+
+    encoder = random_vae("tiny", seed=0).encoder
+    assert group_norm.use_in(encoder) > 0 and vae_attention.use_in(encoder) == 1
+    with torch.no_grad():
+        payload = parallel_compile.layout_payload(encoder, (torch.randn(1, 3, 32, 32),), {})
+    module = parallel_compile._LayoutUnpickler(io.BytesIO(payload)).load()[0]
+    kinds = {type(m) for m in module.modules()}
+    assert {group_norm.ChannelsLastGroupNorm, vae_attention.DirectAttention} <= kinds
+    assert nn.GroupNorm not in kinds
+
+
 class _FailsInAWorker(nn.Module):
     """Unpickles only in the process that made it: a worker that cannot rebuild its call."""
 
