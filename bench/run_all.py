@@ -18,6 +18,7 @@ import torch
 
 from bench import bench_cold_start as cold_start
 from bench.common import environment, save
+from fastsync.engine import FastOptions
 
 TARGETS = {
     "unet_forward_s": ("<=", 0.085),
@@ -29,6 +30,11 @@ TARGETS = {
     "psnr_db": (">=", 35.0),
     "ssim": (">=", 0.98),
 }
+
+
+# fast mode's UNet forward as FastOptions has it: with cfg_pair, bench_unet times it as its own variant
+UNET_FLAGS = ("--cfg-pair",) if FastOptions().cfg_pair else ()
+FAST_UNET_VARIANT = "compiled_graph[cfg_pair]" if FastOptions().cfg_pair else "compiled_graph"
 
 
 def _run(module: str, *args: str) -> None:
@@ -64,8 +70,9 @@ def main() -> None:
                              "separate calls of the two benchmarks in one GPU session) instead of running them")
     parser.add_argument("--unet-json", type=Path, help="with --reuse: the UNet results to merge (default unet_<gpu>.json)")
     parser.add_argument("--e2e-json", type=Path, help="with --reuse: the e2e results to merge (default e2e_<gpu>.json)")
-    parser.add_argument("--unet-variant", default="compiled_graph",
-                        help="the variant of the UNet results that is fast mode's forward")
+    parser.add_argument("--unet-variant", default=FAST_UNET_VARIANT,
+                        help="the variant of the UNet results that is fast mode's forward "
+                             f"(default {FAST_UNET_VARIANT}: as FastOptions sets it)")
     parser.add_argument("--e2e-cfg-pair", choices=("on", "off"),
                         help="with --reuse on a bench_e2e --cfg-pair-variants file: take fast mode's runs with "
                              "FastOptions.cfg_pair so set, and their fidelity")
@@ -83,7 +90,7 @@ def main() -> None:
     work = args.out_dir
     unet_json, e2e_json = args.unet_json or work / f"unet_{slug}.json", args.e2e_json or work / f"e2e_{slug}.json"
     if not args.reuse:
-        _run("bench.bench_unet", "--variants", "eager,compiled_graph", "--out", str(unet_json))
+        _run("bench.bench_unet", "--variants", "eager,compiled_graph", *UNET_FLAGS, "--out", str(unet_json))
         _run("bench.bench_e2e", "--video", args.video, "--audio", args.audio, "--landmarks", args.landmarks,
              "--out", str(e2e_json), "--host-variants", args.host_variants)
     unet, e2e = json.loads(unet_json.read_text()), json.loads(e2e_json.read_text())

@@ -42,10 +42,34 @@ def _summary(tmp_path, monkeypatch, *extra: str) -> dict:
 
 
 def test_without_selection_the_fastest_run_counts(tmp_path, monkeypatch):
-    out = _summary(tmp_path, monkeypatch)
+    out = _summary(tmp_path, monkeypatch, "--unet-variant", "compiled_graph")
     assert out["targets"]["e2e_wall_s"]["measured"] == 19.5
     assert out["targets"]["psnr_db"]["measured"] == 44.0
     assert out["side_by_side"]["unet_forward_fast_s"] == 0.1
+
+
+def test_the_unet_forward_is_fast_modes_own_by_default(tmp_path, monkeypatch):
+    from fastsync.engine import FastOptions
+
+    assert FastOptions().cfg_pair  # fast mode's default, so its forward is the cfg_pair variant
+    out = _summary(tmp_path, monkeypatch)
+    assert out["side_by_side"]["unet_forward_fast_s"] == 0.095
+    assert out["details"]["unet_variant"] == "compiled_graph[cfg_pair]"
+
+
+def test_a_full_run_times_the_forward_fast_mode_uses(tmp_path, monkeypatch):
+    _files(tmp_path)
+    for name in ("unet", "e2e"):
+        (tmp_path / f"{name}.json").rename(tmp_path / f"{name}_h200.json")
+    calls = []
+    monkeypatch.setattr(run_all, "_run", lambda module, *args: calls.append((module, args)))
+    monkeypatch.setattr(sys, "argv", ["run_all", "--gpu", "NVIDIA H200", "--out-dir", str(tmp_path),
+                                      "--video", "v.mp4", "--audio", "a.wav", "--landmarks", "l.json"])
+    run_all.main()
+    assert [module for module, _ in calls] == ["bench.bench_unet", "bench.bench_e2e"]
+    assert "--cfg-pair" in calls[0][1]
+    summary = json.loads((tmp_path / "h200.json").read_text())
+    assert summary["side_by_side"]["unet_forward_fast_s"] == 0.095
 
 
 def test_cfg_pair_selection_takes_its_runs_its_fidelity_and_its_own_peak(tmp_path, monkeypatch):
