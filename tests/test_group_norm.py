@@ -45,6 +45,11 @@ def test_equals_group_norm(shape, layout, groups):
     assert _close(out, F.group_norm(x, groups, weight, bias, 1e-6)) < TOLERANCE
 
 
+def test_a_tensor_without_spatial_dims_is_pytorchs_case():
+    x = _input((4, 32))
+    assert _close(group_norm.group_norm(x, 8, None, None, 1e-5), F.group_norm(x, 8, None, None, 1e-5)) == 0
+
+
 def test_without_affine_and_with_a_large_mean():
     x = _input((2, 16, 8, 8), offset=300.0, layout=torch.channels_last)
     out = group_norm.group_norm(x, 4, None, None, 1e-5)

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """F.group_norm(x, groups, weight, bias, eps) for x (N, C, *spatial), by per-channel moments."""
+    if x.dim() < 3:  # no spatial dims: each channel is one value, nothing to gather per channel
+        return torch.nn.functional.group_norm(x, groups, weight, bias, eps)
     n, c = x.shape[:2]
     spatial = tuple(range(2, x.dim()))
     var_c, mean_c = torch.var_mean(x.float(), dim=spatial, correction=0)  # (N, C) each
