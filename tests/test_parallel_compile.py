@@ -107,6 +107,19 @@ def test_the_payload_keeps_layouts_aliasing_and_modes_not_values():
     assert kwargs == {"scale": 1.5} and modes == {"grad": False, "inference": True}
 
 
+def test_waiting_calls_go_out_largest_region_first(tmp_path, monkeypatch):
+    side = parallel_compile.SideBySide(precompile.RegionCompiler(tmp_path), 2)
+    monkeypatch.setattr(side, "_start", lambda: setattr(side, "folder", tmp_path))  # no workers
+    x = torch.randn(1, 2)
+    for key, module in (("small", nn.Linear(2, 2)), ("large", nn.Sequential(*[nn.Linear(2, 2) for _ in range(5)])),
+                        ("small, listed later", nn.Linear(2, 2)), ("middle", nn.Sequential(nn.Linear(2, 2)))):
+        side(key, module, (x,), {})
+    for i in range(2):
+        side.tasks.put((1, 0, i, None))  # as __exit__ stops the drivers
+    order = [side.tasks.get()[-1] for _ in range(6)]
+    assert [side.keys.get(task) for task in order] == ["large", "middle", "small", "small, listed later", None, None]
+
+
 def test_the_payload_keeps_fast_setups_swapped_classes():
     """Fast set-up swaps classes inside the regions (accel.group_norm, accel.vae_attention);
     a worker must compile the swapped ones."""

@@ -230,6 +230,13 @@ class SideBySide:
     """The `collect` of `RegionCompiler.deferring`: hands each new call to a free worker at
     once, so that the workers start and compile while the listing pass still runs.
 
+    Calls waiting for a worker go out largest region first (by its module count). The
+    listing pass (3-4 s) ends long before the compiles do, and the VAE's decoder, the
+    longest compile (18 s on an H200), is listed last: in listing order it waited for a free
+    worker and finished alone, 31.4 s into a phase whose 26 compiles summed to 131 s over 8
+    workers (bench/results/cold_start_h200_session13.json). Largest first is the classic
+    rule for a short makespan.
+
         with SideBySide(store, 8) as side, store.deferring(side):
             ...  # run the model once, eagerly
         side.stats
@@ -243,7 +250,8 @@ class SideBySide:
         self.store = store
         self.started_workers = started
         self.stats = ParallelStats(workers=len(started) if started else workers)
-        self.tasks: queue.Queue = queue.Queue()
+        # (0, -module count, listing index, task file), then one (1, 0, i, None) per driver: stop
+        self.tasks: queue.PriorityQueue = queue.PriorityQueue()
         self.keys: dict[Path, str] = {}  # payload file -> its key
         self.done: list[tuple[Path, float]] = []
         self.seen: set[tuple[str, bytes]] = set()  # calls alike in key and layout compile once
@@ -267,10 +275,11 @@ class SideBySide:
         self.seen.add((key, payload))
         if self.folder is None:
             self._start()
-        task = self.folder / f"{len(self.keys)}.task"
+        index = len(self.keys)
+        task = self.folder / f"{index}.task"
         task.write_bytes(payload)
         self.keys[task] = key
-        self.tasks.put(task)
+        self.tasks.put((0, -sum(1 for _ in module.modules()), index, task))
         self.stats.submitted += 1
 
     def _start(self) -> None:
@@ -292,7 +301,7 @@ class SideBySide:
             ready = self._since_start()
             self.stats.first_ready_s = min(self.stats.first_ready_s or ready, ready)
             self.stats.last_ready_s = max(self.stats.last_ready_s, ready)
-        while (task := self.tasks.get()) is not None:
+        while (task := self.tasks.get()[-1]) is not None:
             process.stdin.write(f"{task}\n")
             process.stdin.flush()
             reply = process.stdout.readline().strip()
@@ -317,8 +326,8 @@ class SideBySide:
             return
         self.stats.listing_s = self._since_start()
         try:
-            for _ in self.drivers:
-                self.tasks.put(None)
+            for i, _ in enumerate(self.drivers):
+                self.tasks.put((1, 0, i, None))
             if kind is not None:  # the listing pass failed: stop now, keep nothing
                 for process in self.processes:
                     process.kill()  # the drivers' reads end, and so do they
