@@ -230,12 +230,12 @@ class SideBySide:
     """The `collect` of `RegionCompiler.deferring`: hands each new call to a free worker at
     once, so that the workers start and compile while the listing pass still runs.
 
-    Calls waiting for a worker go out largest region first (by its module count). The
-    listing pass (3-4 s) ends long before the compiles do, and the VAE's decoder, the
-    longest compile (18 s on an H200), is listed last: in listing order it waited for a free
-    worker and finished alone, 31.4 s into a phase whose 26 compiles summed to 131 s over 8
-    workers (bench/results/cold_start_h200_session13.json). Largest first is the classic
-    rule for a short makespan.
+    Calls waiting for a worker go out largest region first (by its module count), the
+    classic rule for a short makespan. The listing pass ends long before the compiles do,
+    and the VAE's decoder is listed last. In listing order, on an H200, the last result came
+    31.4 s into the phase, although the listing had ended at 3.0 s, no compile took over
+    18.0 s and the 26 compiles summed to 131 s over 8 workers
+    (bench/results/cold_start_h200_session13.json). Not yet measured with this order.
 
         with SideBySide(store, 8) as side, store.deferring(side):
             ...  # run the model once, eagerly
