@@ -29,8 +29,8 @@ import torch
 
 from bench.bench_unet import top_ops
 from bench.common import cuda_time, environment, save
-from fastsync.accel import group_norm, vae_attention
-from fastsync.accel.compile import configure_inductor, vae_regions
+from fastsync.accel import group_norm
+from fastsync.accel.compile import compile_vae_regions, configure_inductor, vae_regions
 from fastsync.components import make_scheduler, random_vae
 from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import FastOptions
@@ -70,13 +70,14 @@ def compile_vae(vae, regions: str) -> int:
     from diffusers.models.resnet import ResnetBlock2D
 
     regions, column_norms = regions.removesuffix("+gn"), regions.endswith("+gn")
+    if regions == "whole":  # fast mode's, set up as accel.setup.prepare_fast does it
+        if column_norms:
+            group_norm.use_in_regions(vae, vae_regions())
+        return compile_vae_regions(vae)
     if regions == "resnets":  # fast mode's regions until 2026-12-04
         modules = [m for m in vae.modules() if isinstance(m, ResnetBlock2D)]
     elif regions == "blocks":
         modules = [*vae.encoder.down_blocks, vae.encoder.mid_block, vae.decoder.mid_block, *vae.decoder.up_blocks]
-    elif regions == "whole":  # fast mode's (accel.compile.compile_vae_regions)
-        vae_attention.use_in(vae)
-        modules = [m for m in vae.modules() if isinstance(m, vae_regions())]
     else:
         raise SystemExit(f"--regions: unknown {regions!r} (resnets, blocks, whole)")
     configure_inductor()
