@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -97,6 +98,37 @@ def test_a_failure_in_the_job_aborts_the_workers(clip, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="the GPU fell over"):
         _engine(True).run(*clip, tmp_path / "result.mp4", sampling=SAMPLING, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the output nor its hidden temporary file
+    assert _workers_left() == []
+
+
+def test_a_chunk_is_handed_on_while_the_next_is_queued(clip, tmp_path, monkeypatch):
+    """Chunk k goes to the finishing process once its faces have landed, not after chunk
+    k+1 has been queued: a short last chunk runs eagerly (half a second on a GPU) and the
+    last full chunk's paste-back must not wait for it. Here each denoise call after the
+    first waits for the previous chunk's hand-over; handing over afterwards would time out."""
+    from fastsync.pipeline import Job
+
+    handed: dict[int, threading.Event] = {}
+    waited: list[bool] = []
+    denoise, hand_over = ChunkDenoiser.__call__, Job._hand_over
+
+    def denoise_after_hand_over(self, faces, audio):
+        calls = len(waited)
+        if calls:
+            waited.append(handed.setdefault(calls - 1, threading.Event()).wait(timeout=20))
+        else:
+            waited.append(True)
+        return denoise(self, faces, audio)
+
+    def recording_hand_over(self, host, chunk, pending, bar):
+        handed.setdefault(chunk.index, threading.Event()).set()
+        return hand_over(self, host, chunk, pending, bar)
+
+    monkeypatch.setattr(ChunkDenoiser, "__call__", denoise_after_hand_over)
+    monkeypatch.setattr(Job, "_hand_over", recording_hand_over)
+    report = _engine(True).run(*clip, tmp_path / "result.mp4", sampling=SAMPLING, progress=False)
+    assert report.frames == 27 and waited == [True, True]  # 16 + 11 frames: two chunks
+    assert len(report.mouth_boxes) == 27
     assert _workers_left() == []
 
 

@@ -61,6 +61,29 @@ def test_kernel_equals_math_in_fp16_on_cuda(shape):
     assert (shifted.float() - exact).abs().max().item() > 10 * FP16_ATOL
 
 
+def _builds(kernel) -> int:
+    """How many binaries Triton has built for `kernel` (its per-device caches)."""
+    caches = getattr(kernel, "device_caches", None)
+    if caches is None:
+        pytest.skip("this Triton keeps its kernel cache elsewhere")
+    return sum(len(entry[0]) for entry in caches.values())
+
+
+@pytest.mark.requires_cuda
+def test_a_short_last_chunk_reuses_the_16_frame_build():
+    """A job's last chunk has 1-15 frames: the kernel built for 16 must serve it, exactly,
+    rather than compile mid-job."""
+    _, kernel = short_attention._kernel()
+    q, k, v = model_layout_qkv(8, 8, 16, 40, device="cuda", dtype=torch.float16)
+    short_attention.short_attention(q, k, v)
+    built = _builds(kernel)
+    for length in (1, 2, 5, 11, 15):
+        q, k, v = model_layout_qkv(8, 8, length, 40, device="cuda", dtype=torch.float16, seed=length)
+        err = (short_attention.short_attention(q, k, v).float() - _exact(q, k, v)).abs().max().item()
+        assert err <= FP16_ATOL, (length, err)
+    assert _builds(kernel) == built
+
+
 @pytest.mark.requires_cuda
 def test_kernel_inside_a_compiled_cuda_graph_region():
     """As fast mode runs it: in a torch.compile region, replayed from a CUDA graph."""

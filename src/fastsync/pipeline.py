@@ -210,30 +210,35 @@ class Job:
     def _run_in_processes(self, video: Path, audio_path: Path, output: Path, info, n: int,
                           started: float) -> JobReport:
         """The job with its host stages in two worker processes: this thread only queues GPU
-        work. Chunk k+1 is queued on the GPU before chunk k's result is handed on, as in
-        `_run_overlapped`."""
+        work. A hand-over thread waits for each chunk's faces to land and passes them to the
+        finishing process at once, while this thread queues the next chunk, as the finishing
+        thread of `_run_overlapped` does. Handed over only after the next chunk was queued,
+        the last full chunk waited for the short last chunk's eager launches (0.5 s on an
+        H200, bench/results/README.md) before its paste-back could start."""
         from fastsync.host_processes import HostProcesses, warm_up
 
         warm_up()
         prepare, finish = self._host_specs(video, audio_path, output, info, n)
         denoiser = self._denoiser()
         bar = Progress(n, enabled=self.progress, on_update=self.on_progress)
+        handover = ThreadPoolExecutor(1, thread_name_prefix="hand-over")
         try:
             with HostProcesses(prepare, finish, self.clock, on_written=lambda k: bar.update("write", k)) as host:
-                pending: tuple[Chunk, Download | None] | None = None
+                pending: Future | None = None
                 for chunk in host.chunks():
                     bar.update("faces", chunk.count)
                     # float16 on a GPU, as the decoder made it: paste-back upcasts it exactly
                     faces = self._denoise(chunk, denoiser, upcast=False)
                     if pending is not None:
-                        self._hand_over(host, *pending, bar)
-                    pending = (chunk, faces)
+                        pending.result()  # in order, and surface its errors here
+                    pending = handover.submit(self._hand_over, host, chunk, faces, bar)
                 if pending is not None:
-                    self._hand_over(host, *pending, bar)
+                    pending.result()
                 if host.without_face == n:
                     raise _no_face(video)
                 host.close()
         finally:
+            handover.shutdown(wait=True, cancel_futures=True)
             bar.close()
         return JobReport(output, n, time.perf_counter() - started, host.without_face,
                          host.several_faces, self.clock.as_dict(), self.mouth_boxes, host.top_ops or None)

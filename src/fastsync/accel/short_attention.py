@@ -37,10 +37,14 @@ def _build():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # The sequence length is a plain argument, not a constant, and not specialized on (Triton
+    # would key a build on "divisible by 16"): a job's short last chunk, 1-15 frames, then
+    # reuses the 16-frame build instead of compiling three more kernels mid-job (2.2 s of the
+    # first job's last chunk on an H200, bench/results/README.md).
+    @triton.jit(do_not_specialize=["L"])
     def short_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr,
                                q_sn, q_sh, q_sl, k_sn, k_sh, k_sl, v_sn, v_sh, v_sl, o_sn, o_sh, o_sl,
-                               scale, HEADS: tl.constexpr, L: tl.constexpr, D: tl.constexpr,
+                               scale, L, HEADS: tl.constexpr, D: tl.constexpr,
                                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
         # One program = one (sequence n, head h); heads vary fastest, so neighbouring
         # programs read neighbouring bytes of the same token rows.
@@ -106,7 +110,7 @@ def launch(q: Tensor, k: Tensor, v: Tensor, *, num_warps: int | None = None) -> 
         num_warps = 1 if block_d <= 128 else 2
     kernel[(batch * heads,)](
         q, k, v, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        1.0 / math.sqrt(dim), HEADS=heads, L=length, D=dim, BLOCK_L=block_l, BLOCK_D=block_d,
+        1.0 / math.sqrt(dim), length, HEADS=heads, D=dim, BLOCK_L=block_l, BLOCK_D=block_d,
         num_warps=num_warps,
     )
     return out
