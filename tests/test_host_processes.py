@@ -132,6 +132,28 @@ def test_a_chunk_is_handed_on_while_the_next_is_queued(clip, tmp_path, monkeypat
     assert _workers_left() == []
 
 
+def test_the_workers_run_below_the_job_s_priority(clip, tmp_path, monkeypatch):
+    """The thread feeding the GPU must not lose its core to libx264's threads: both worker
+    processes are niced, the job process is not."""
+    from fastsync.host_processes import WORKER_NICE
+
+    seen: dict[str, int] = {}
+    denoise = ChunkDenoiser.__call__
+
+    def looking(self, faces, audio):
+        for child in multiprocessing.active_children():
+            if child.name.startswith("fastsync-"):
+                seen[child.name] = os.getpriority(os.PRIO_PROCESS, child.pid)
+        return denoise(self, faces, audio)
+
+    monkeypatch.setattr(ChunkDenoiser, "__call__", looking)
+    job_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    _engine(True).run(*clip, tmp_path / "result.mp4", sampling=SAMPLING, progress=False)
+    expected = min(job_nice + WORKER_NICE, 19)
+    assert seen == {"fastsync-prepare": expected, "fastsync-finish": expected}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == job_nice
+
+
 def test_a_video_without_a_face_keeps_its_error_class(tmp_path, clip):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(8)]

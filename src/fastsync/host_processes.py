@@ -44,6 +44,7 @@ from fastsync.errors import FastsyncError
 QUEUE_DEPTH = 2  # chunks in flight per queue: back-pressure, so memory does not grow with the video
 POLL_S = 0.5  # how often a blocked side checks that the other is still alive
 ABORT_WAIT_S = 30.0  # how long the job waits for the finishing process to remove its file
+WORKER_NICE = 5  # added to the workers' niceness (the job process keeps its own)
 
 
 class HostWorkerError(FastsyncError):
@@ -95,6 +96,15 @@ def warm_up() -> None:
 
 
 # -- inside the worker processes -------------------------------------------------------------
+def _worker_start() -> None:
+    """Signals as below, and a lower CPU priority: the job's thread that feeds the GPU is
+    the critical path, the workers' decode, paste-back and libx264's threads (1.5 per core)
+    are throughput work. A job's short last chunk runs eagerly, bound by that thread's
+    launches, while the finishing process encodes the chunk before it on every core."""
+    os.nice(WORKER_NICE)  # threads started from here on (libx264's, the paste-back pool) inherit it
+    _worker_signals()
+
+
 def _worker_signals() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the job process alone decides
     # what to do and tells the workers. SIGTERM (from `terminate`) unwinds like an error,
@@ -173,7 +183,7 @@ def _failure(stage: str, exc: BaseException) -> tuple:
 
 
 def _prepare_main(spec: PrepareSpec, outbox, parent: int) -> None:
-    _worker_signals()
+    _worker_start()
     from concurrent.futures import ThreadPoolExecutor
 
     from fastsync.chunks import FaceTracker, iter_chunks
@@ -202,7 +212,7 @@ def _prepare_main(spec: PrepareSpec, outbox, parent: int) -> None:
 
 
 def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
-    _worker_signals()
+    _worker_start()
     from concurrent.futures import ThreadPoolExecutor
 
     from fastsync.chunks import paste_chunk
