@@ -18,6 +18,9 @@ Variants, side by side in one process:
   deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
                  interval 3): the full step that keeps the deep features, and the cached step;
                  with --cfg-pair also deepcache_full[cfg_pair] and deepcache_shallow[cfg_pair]
+  compiled_graph[split_bias] (--split-linear-bias) a fresh copy whose regions' linear layers
+                 add their bias in the kernel that reads their output; [split_bias+conv1x1_mm]
+                 (--conv-1x1-as-mm) also with the 1x1 convolutions as GEMMs
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
 audio]); the runs before 2026-12-03 took random halves, which times the same kernels.
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
@@ -142,6 +145,12 @@ def main() -> None:
                              "stay PyTorch's GroupNorm (fast mode's compute from per-channel moments, "
                              "fastsync.accel.group_norm; until 2026-12-04 they were PyTorch's)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
+    parser.add_argument("--split-linear-bias", action="store_true",
+                        help="a compiled_graph[split_bias] variant: a fresh copy whose regions' linear layers add "
+                             "their bias in the kernel that reads their output (FastOptions.split_linear_bias)")
+    parser.add_argument("--conv-1x1-as-mm", action="store_true",
+                        help="a compiled_graph[split_bias+conv1x1_mm] variant: as --split-linear-bias, with "
+                             "inductor's conv_1x1_as_mm (the transformers' proj_in/proj_out as GEMMs)")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
@@ -273,6 +282,15 @@ def main() -> None:
         if args.pytorch_group_norm and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[pytorch_gn]", column_group_norm=False)
+        if args.split_linear_bias and not args.skip_compile:
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[split_bias]", split_linear_bias=True)
+        if args.conv_1x1_as_mm and not args.skip_compile:
+            # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused
+            # likewise; with split_bias so that the two are measured together against it
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[split_bias+conv1x1_mm]", split_linear_bias=True,
+                          inductor={"conv_1x1_as_mm": True})
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -315,11 +333,12 @@ def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_o
     print(f"one chunk's UNet{tag}: {results[f'deepcache_chunk{tag}']}", flush=True)
 
 
-def fast_copy(unet, backend: str, column_group_norm: bool | None = None):
+def fast_copy(unet, backend: str, column_group_norm: bool | None = None, split_linear_bias: bool | None = None):
     """A copy of `unet` laid out as fast set-up lays it out on a GPU (channels_last between
     blocks), with `backend` as the motion modules' attention and, as fast mode has them
-    unless `column_group_norm` says otherwise, the regions' norms from per-channel moments."""
-    from fastsync.accel import group_norm
+    unless the arguments say otherwise, the regions' norms from per-channel moments and
+    their linear layers' bias (FastOptions.column_group_norm, split_linear_bias)."""
+    from fastsync.accel import group_norm, linear_bias
     from fastsync.accel.compile import REGIONS
 
     unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
@@ -327,21 +346,28 @@ def fast_copy(unet, backend: str, column_group_norm: bool | None = None):
     set_motion_attention(unet_cl, backend)
     if FastOptions().column_group_norm if column_group_norm is None else column_group_norm:
         group_norm.use_in_regions(unet_cl, REGIONS)
+    if FastOptions().split_linear_bias if split_linear_bias is None else split_linear_bias:
+        linear_bias.use_in_regions(unet_cl, REGIONS)
     return unet_cl
 
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
-                  name: str, *, mode: str | None = None, column_group_norm: bool | None = None) -> None:
+                  name: str, *, mode: str | None = None, column_group_norm: bool | None = None,
+                  split_linear_bias: bool | None = None, inductor: dict | None = None) -> None:
     """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
     graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
-    difference from it. The first copy stays alive, so the peak holds one UNet more."""
+    difference from it. The first copy stays alive, so the peak holds one UNet more.
+    `inductor`: config values patched while the regions compile (their first call)."""
+    import torch._inductor.config as inductor_config
+
     from fastsync.accel.compile import compile_regions
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
-    copy_ = fast_copy(unet, backend, column_group_norm)
+    copy_ = fast_copy(unet, backend, column_group_norm, split_linear_bias)
     n = compile_regions(copy_, mode=mode)
     started = time.perf_counter()
-    copy_(*call_args)
+    with inductor_config.patch(inductor or {}):
+        copy_(*call_args)
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - started
     graph = GraphedCall(lambda s, tt, a: copy_(s, tt, a), call_args)

@@ -196,14 +196,16 @@ def test_short_last_chunk_runs_eagerly(unet, timesteps):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("column_group_norm", [False, True])
-def test_compile_regions_matches_eager(unet, unet32, timesteps, column_group_norm):
-    from fastsync.accel import group_norm
+@pytest.mark.parametrize("column_group_norm,split_linear_bias", [(False, False), (True, False), (True, True)])
+def test_compile_regions_matches_eager(unet, unet32, timesteps, column_group_norm, split_linear_bias):
+    from fastsync.accel import group_norm, linear_bias
     from fastsync.accel.compile import REGIONS, compile_regions
 
     compiled = copy.deepcopy(unet)
     if column_group_norm:  # fast set-up's norms (FastOptions.column_group_norm)
         assert group_norm.use_in_regions(compiled, REGIONS) > 0
+    if split_linear_bias:  # FastOptions.split_linear_bias: one more fp16 rounding per product
+        assert linear_bias.use_in_regions(compiled, REGIONS) > 0
     count = compile_regions(compiled)
     assert count == sum(isinstance(m, REGIONS) for m in unet.modules()) > 0
     plain = PlainPredictor(unet, INTERVAL)

@@ -86,6 +86,12 @@ class FastOptions:
     # (bench/results/unet_h200_column_gn.json, vae_h200_column_gn.json). Needs compile
     # (CUDA only); tests/test_group_norm.py.
     column_group_norm: bool = True
+    # The UNet's linear layers inside the compiled regions add their bias in the kernel that
+    # reads their output, instead of in cuBLAS's epilogue, which is slow on the short-K shapes
+    # (fastsync.accel.linear_bias). One more fp16 rounding of each product. Needs compile
+    # (CUDA only); tests/test_linear_bias.py. Off until measured in the forward (bench_unet
+    # --split-linear-bias).
+    split_linear_bias: bool = False
 
 
 @dataclass(frozen=True)

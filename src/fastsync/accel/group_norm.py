@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastsync.accel.swap import swap_class, swap_in_regions
+
 
 def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """F.group_norm(x, groups, weight, bias, eps) for x (N, C, *spatial), by per-channel moments."""
@@ -55,14 +57,9 @@ class ChannelsLastGroupNorm(nn.GroupNorm):
 def use_in(module: nn.Module) -> int:
     """Every plain nn.GroupNorm under `module` computes by `group_norm` from now on (the class
     is swapped in place: parameters, hooks and the state dict stay); returns how many."""
-    count = 0
-    for child in module.modules():
-        if type(child) is nn.GroupNorm:
-            child.__class__ = ChannelsLastGroupNorm
-            count += 1
-    return count
+    return swap_class(module, nn.GroupNorm, ChannelsLastGroupNorm)
 
 
 def use_in_regions(model: nn.Module, kinds: tuple[type, ...]) -> int:
     """`use_in` for every module of one of `kinds` (the compiled regions); returns the count."""
-    return sum(use_in(module) for module in model.modules() if isinstance(module, kinds))
+    return swap_in_regions(model, kinds, use_in)

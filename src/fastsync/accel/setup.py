@@ -48,6 +48,10 @@ def prepare_fast(c: Components) -> dict[str, float]:
 
             group_norm.use_in_regions(c.unet, REGIONS)
             group_norm.use_in_regions(c.vae, vae_regions())
+        if fast.split_linear_bias:
+            from fastsync.accel import linear_bias
+
+            linear_bias.use_in_regions(c.unet, REGIONS)
         store = region_compiler(c) if fast.precompile else None
         compile_regions(c.unet, store=store)  # lazy: the compilation itself happens on the first call
         compile_vae_regions(c.vae, store=store)

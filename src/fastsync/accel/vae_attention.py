@@ -15,6 +15,8 @@ from __future__ import annotations
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from fastsync.accel.swap import swap_class
+
 
 class DirectAttention(Attention):
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
@@ -25,9 +27,4 @@ class DirectAttention(Attention):
 def use_in(module: nn.Module) -> int:
     """Every diffusers Attention under `module` becomes a DirectAttention (in place: the
     parameters and the processor stay); returns how many."""
-    count = 0
-    for child in module.modules():
-        if type(child) is Attention:
-            child.__class__ = DirectAttention
-            count += 1
-    return count
+    return swap_class(module, Attention, DirectAttention)
