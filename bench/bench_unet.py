@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ import torch
 
 from bench.common import UNET_FORWARD_TFLOP, cuda_time, environment, save
 from fastsync.accel.graphs import GraphedCall
-from fastsync.accel.setup import keep_channels_last_between_blocks
+from fastsync.accel.setup import keep_channels_last_between_blocks, swap_in_unet_regions
 from fastsync.config import UNET_PRESETS
 from fastsync.engine import FastOptions
 from fastsync.models.motion_module import TemporalSelfAttention
@@ -338,16 +339,14 @@ def fast_copy(unet, backend: str, column_group_norm: bool | None = None, split_l
     blocks), with `backend` as the motion modules' attention and, as fast mode has them
     unless the arguments say otherwise, the regions' norms from per-channel moments and
     their linear layers' bias (FastOptions.column_group_norm, split_linear_bias)."""
-    from fastsync.accel import group_norm, linear_bias
-    from fastsync.accel.compile import REGIONS
-
+    fast = FastOptions()
+    fast = dataclasses.replace(
+        fast, column_group_norm=fast.column_group_norm if column_group_norm is None else column_group_norm,
+        split_linear_bias=fast.split_linear_bias if split_linear_bias is None else split_linear_bias)
     unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
     keep_channels_last_between_blocks(unet_cl)
     set_motion_attention(unet_cl, backend)
-    if FastOptions().column_group_norm if column_group_norm is None else column_group_norm:
-        group_norm.use_in_regions(unet_cl, REGIONS)
-    if FastOptions().split_linear_bias if split_linear_bias is None else split_linear_bias:
-        linear_bias.use_in_regions(unet_cl, REGIONS)
+    swap_in_unet_regions(unet_cl, fast)
     return unet_cl
 
 

@@ -107,3 +107,18 @@ def test_tiny_unet_with_swapped_regions_equals_plain(cfg_pair):
     t = torch.tensor(781)
     ref = plain(sample, t, audio, cfg_pair=cfg_pair)
     assert _close(swapped(sample, t, audio, cfg_pair=cfg_pair), ref) < 1e-5  # fp32 summation order
+
+
+@pytest.mark.parametrize("column_group_norm,split_linear_bias", [(True, True), (True, False), (False, True)])
+def test_fast_set_up_swaps_what_the_options_say(column_group_norm, split_linear_bias):
+    from fastsync.accel import group_norm
+    from fastsync.accel.setup import swap_in_unet_regions
+    from fastsync.engine import FastOptions
+
+    unet = random_unet(dataclasses.replace(UNET_PRESETS["tiny"], block_out_channels=(64, 64, 64, 64)), seed=11)
+    fast = dataclasses.replace(FastOptions(), column_group_norm=column_group_norm, split_linear_bias=split_linear_bias)
+    swap_in_unet_regions(unet, fast)
+    kinds = {type(m) for m in unet.modules()}
+    assert (group_norm.ChannelsLastGroupNorm in kinds) == column_group_norm
+    assert (linear_bias.SplitBiasLinear in kinds) == split_linear_bias
+    assert type(unet.time_embedding.linear_1) is nn.Linear  # outside the regions: stays plain

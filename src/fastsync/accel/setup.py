@@ -40,23 +40,35 @@ def prepare_fast(c: Components) -> dict[str, float]:
             keep_channels_last_between_blocks(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
-        from fastsync.accel.compile import REGIONS, compile_regions, compile_vae_regions, vae_regions
+        from fastsync.accel.compile import compile_regions, compile_vae_regions, vae_regions
 
         started = time.perf_counter()
+        swap_in_unet_regions(c.unet, fast)
         if fast.column_group_norm:
             from fastsync.accel import group_norm
 
-            group_norm.use_in_regions(c.unet, REGIONS)
             group_norm.use_in_regions(c.vae, vae_regions())
-        if fast.split_linear_bias:
-            from fastsync.accel import linear_bias
-
-            linear_bias.use_in_regions(c.unet, REGIONS)
         store = region_compiler(c) if fast.precompile else None
         compile_regions(c.unet, store=store)  # lazy: the compilation itself happens on the first call
         compile_vae_regions(c.vae, store=store)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
+
+
+def swap_in_unet_regions(unet, fast) -> None:
+    """The layers inside the UNet's compiled regions that `fast` (FastOptions) computes another
+    way: the norms from per-channel moments, the linear layers' bias in their consumer's
+    kernel. Both pay only compiled, so fast set-up calls this where it compiles."""
+    from fastsync.accel.compile import REGIONS
+
+    if fast.column_group_norm:
+        from fastsync.accel import group_norm
+
+        group_norm.use_in_regions(unet, REGIONS)
+    if fast.split_linear_bias:
+        from fastsync.accel import linear_bias
+
+        linear_bias.use_in_regions(unet, REGIONS)
 
 
 def keep_channels_last_between_blocks(unet) -> int:
