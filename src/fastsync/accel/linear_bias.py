@@ -1,16 +1,19 @@
 """Linear layers whose bias is added by the kernel that reads their output (compiled regions).
 
 Why by hand: for fp16, inductor keeps a linear layer as one `addmm`, the bias in cuBLAS's
-epilogue (`torch._inductor.config.keep_addmm_fused_for_half_dtypes`). On the UNet's
+epilogue (torch 2.13 names this `keep_addmm_fused_for_half_dtypes`; the GPU image's torch
+2.11 has no such switch, and its profiles show the same bias kernels). On the UNet's
 short-K shapes those bias kernels are slow: inductor's own timing on an H200 gave
 addmm(131072x320, 320x320) at 0.118 ms or more against 0.059 ms for the same product
 without a bias (bench/results/unet_h200_gemm_autotune.json). Written as a product without
 bias plus an add, the add fuses into the pointwise kernel or norm that reads the output
 anyway (the residual add, GEGLU's gelu, the next LayerNorm), so the bias costs no pass
-of its own.
+of its own. On an H100 the CFG forward took 94.2 against 97.8 ms
+(bench/results/unet_h100_split_bias.json).
 
-The price is one rounding: the product is rounded to fp16 before the bias is added (a
-relative 2^-11 at most per element), where the epilogue adds it in fp32 first.
+The price is one rounding: the product is rounded to fp16 before the bias is added (an
+error of at most 2^-11 of the product per element), where the epilogue adds it in fp32
+first.
 """
 
 from __future__ import annotations
