@@ -18,9 +18,12 @@ Variants, side by side in one process:
   deepcache_full, deepcache_shallow (--deepcache) the job's own two graphs (FastPredictor,
                  interval 3): the full step that keeps the deep features, and the cached step;
                  with --cfg-pair also deepcache_full[cfg_pair] and deepcache_shallow[cfg_pair]
-  compiled_graph[split_bias] (--split-linear-bias) a fresh copy whose regions' linear layers
-                 add their bias in the kernel that reads their output; [split_bias+conv1x1_mm]
-                 (--conv-1x1-as-mm) also with the 1x1 convolutions as GEMMs
+  compiled_graph[bias_epilogue] (--bias-in-epilogue) a fresh copy whose regions' linear
+                 layers keep their bias in cuBLAS's epilogue (fast mode adds it in the kernel
+                 that reads their output since 2026-12-06; until then the option was
+                 --split-linear-bias, timing compiled_graph[split_bias] against the epilogue)
+  compiled_graph[conv1x1_mm] (--conv-1x1-as-mm) a fresh copy with inductor's conv_1x1_as_mm
+                 (measured as [split_bias+conv1x1_mm] on 2026-12-06: no gain)
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
 audio]); the runs before 2026-12-03 took random halves, which times the same kernels.
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
@@ -146,12 +149,12 @@ def main() -> None:
                              "stay PyTorch's GroupNorm (fast mode's compute from per-channel moments, "
                              "fastsync.accel.group_norm; until 2026-12-04 they were PyTorch's)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
-    parser.add_argument("--split-linear-bias", action="store_true",
-                        help="a compiled_graph[split_bias] variant: a fresh copy whose regions' linear layers add "
-                             "their bias in the kernel that reads their output (FastOptions.split_linear_bias)")
+    parser.add_argument("--bias-in-epilogue", action="store_true",
+                        help="a compiled_graph[bias_epilogue] variant: a fresh copy whose regions' linear layers "
+                             "keep their bias in cuBLAS's epilogue (fast mode's FastOptions.split_linear_bias off)")
     parser.add_argument("--conv-1x1-as-mm", action="store_true",
-                        help="a compiled_graph[split_bias+conv1x1_mm] variant: as --split-linear-bias, with "
-                             "inductor's conv_1x1_as_mm (the transformers' proj_in/proj_out as GEMMs)")
+                        help="a compiled_graph[conv1x1_mm] variant: a fresh copy with inductor's conv_1x1_as_mm "
+                             "(the transformers' proj_in/proj_out as GEMMs)")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
@@ -283,15 +286,14 @@ def main() -> None:
         if args.pytorch_group_norm and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[pytorch_gn]", column_group_norm=False)
-        if args.split_linear_bias and not args.skip_compile:
+        if args.bias_in_epilogue and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[split_bias]", split_linear_bias=True)
+                          "compiled_graph[bias_epilogue]", split_linear_bias=False)
         if args.conv_1x1_as_mm and not args.skip_compile:
             # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused
-            # likewise; with split_bias so that the two are measured together against it
+            # into the kernel that reads their output, as the linear layers' is
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[split_bias+conv1x1_mm]", split_linear_bias=True,
-                          inductor={"conv_1x1_as_mm": True})
+                          "compiled_graph[conv1x1_mm]", inductor={"conv_1x1_as_mm": True})
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config

@@ -90,7 +90,7 @@ class FastOptions:
     # reads their output, instead of in cuBLAS's epilogue, which is slow on the short-K shapes
     # (fastsync.accel.linear_bias). One more fp16 rounding of each product. Needs compile
     # (CUDA only); tests/test_linear_bias.py. On an H100 the UNet's CFG forward took 94.2
-    # against 97.8 ms (bench/results/unet_h100_split_bias.json).
+    # against 97.8 ms (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
     split_linear_bias: bool = True
 
 
