@@ -28,7 +28,8 @@ def child(device: str, model_size: str, workers: str) -> None:
     import torch
 
     from fastsync.accel import precompile
-    from fastsync.accel.compile import compile_regions, compile_vae_regions, regions_dir
+    from fastsync.accel.compile import compile_vae_regions, regions_dir
+    from fastsync.accel.setup import compile_unet
     from fastsync.accel.warmup import _compile_side_by_side, warm_chunk
     from fastsync.api import LipSync
     from fastsync.denoise import SamplingOptions
@@ -43,7 +44,7 @@ def child(device: str, model_size: str, workers: str) -> None:
         spent = engine.warm_up(sampling)
     else:
         store = c.cache["region_compiler"] = precompile.RegionCompiler(regions_dir())
-        compile_regions(c.unet, store=store)
+        compile_unet(c.unet, fast, store=store)
         compile_vae_regions(c.vae, store=store)
         with torch.inference_mode():
             spent = _compile_side_by_side(c, sampling)

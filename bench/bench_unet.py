@@ -22,6 +22,8 @@ Variants, side by side in one process:
                  layers keep their bias in cuBLAS's epilogue (fast mode adds it in the kernel
                  that reads their output since 2026-12-06; until then the option was
                  --split-linear-bias, timing compiled_graph[split_bias] against the epilogue)
+  compiled_graph[glue_eager] (--glue-eager) a fresh copy whose upsamplers and head run eagerly
+                 between the compiled blocks (fast mode compiles them since 2026-12-06)
   compiled_graph[conv1x1_mm] (--conv-1x1-as-mm) a fresh copy with inductor's conv_1x1_as_mm
                  (measured as [split_bias+conv1x1_mm] on 2026-12-06: no gain)
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
@@ -46,7 +48,7 @@ import torch
 
 from bench.common import UNET_FORWARD_TFLOP, cuda_time, environment, save
 from fastsync.accel.graphs import GraphedCall
-from fastsync.accel.setup import keep_channels_last_between_blocks, swap_in_unet_regions
+from fastsync.accel.setup import compile_unet, keep_channels_last_between_blocks, swap_in_unet_regions
 from fastsync.config import UNET_PRESETS
 from fastsync.engine import FastOptions
 from fastsync.models.motion_module import TemporalSelfAttention
@@ -155,6 +157,9 @@ def main() -> None:
     parser.add_argument("--conv-1x1-as-mm", action="store_true",
                         help="a compiled_graph[conv1x1_mm] variant: a fresh copy with inductor's conv_1x1_as_mm "
                              "(the transformers' proj_in/proj_out as GEMMs)")
+    parser.add_argument("--glue-eager", action="store_true",
+                        help="a compiled_graph[glue_eager] variant: a fresh copy whose upsamplers and head run "
+                             "eagerly between the compiled blocks (fast mode's FastOptions.compile_glue off)")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
@@ -196,7 +201,8 @@ def main() -> None:
             from fastsync.accel import short_attention
 
             short_attention.register()
-        unet_cl = fast_copy(unet, backends[0])
+        fast = FastOptions()
+        unet_cl = fast_copy(unet, backends[0], fast)
         results["motion_attention"] = backends[0]
         sample_cl = sample.contiguous(memory_format=torch.channels_last_3d)
         out = unet_cl(sample_cl, t, audio).float()
@@ -205,9 +211,7 @@ def main() -> None:
             record("eager_cl", lambda: unet_cl(sample_cl, t, audio), {"rel_err_vs_eager": err})
 
         if not args.skip_compile:
-            from fastsync.accel.compile import compile_regions
-
-            n = compile_regions(unet_cl)
+            n = compile_unet(unet_cl, fast)
             started = time.perf_counter()
             out = unet_cl(sample_cl, t, audio).float()
             torch.cuda.synchronize()
@@ -289,6 +293,9 @@ def main() -> None:
         if args.bias_in_epilogue and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[bias_epilogue]", split_linear_bias=False)
+        if args.glue_eager and not args.skip_compile:
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[glue_eager]", compile_glue=False)
         if args.conv_1x1_as_mm and not args.skip_compile:
             # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused
             # into the kernel that reads their output, as the linear layers' is
@@ -336,15 +343,16 @@ def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_o
     print(f"one chunk's UNet{tag}: {results[f'deepcache_chunk{tag}']}", flush=True)
 
 
-def fast_copy(unet, backend: str, column_group_norm: bool | None = None, split_linear_bias: bool | None = None):
+def fast_options(**changes) -> FastOptions:
+    """Fast mode's options, those given changed (None keeps the default)."""
+    return dataclasses.replace(FastOptions(), **{name: v for name, v in changes.items() if v is not None})
+
+
+def fast_copy(unet, backend: str, fast: FastOptions):
     """A copy of `unet` laid out as fast set-up lays it out on a GPU (channels_last between
-    blocks), with `backend` as the motion modules' attention and, as fast mode has them
-    unless the arguments say otherwise, the regions' norms from per-channel moments and
-    their linear layers' bias (FastOptions.column_group_norm, split_linear_bias)."""
-    fast = FastOptions()
-    fast = dataclasses.replace(
-        fast, column_group_norm=fast.column_group_norm if column_group_norm is None else column_group_norm,
-        split_linear_bias=fast.split_linear_bias if split_linear_bias is None else split_linear_bias)
+    blocks), with `backend` as the motion modules' attention and the layers inside the
+    regions swapped as `fast` says (FastOptions.column_group_norm, split_linear_bias, and
+    the head with compile_glue). Compile it with accel.setup.compile_unet."""
     unet_cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
     keep_channels_last_between_blocks(unet_cl)
     set_motion_attention(unet_cl, backend)
@@ -354,18 +362,19 @@ def fast_copy(unet, backend: str, column_group_norm: bool | None = None, split_l
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
                   name: str, *, mode: str | None = None, column_group_norm: bool | None = None,
-                  split_linear_bias: bool | None = None, inductor: dict | None = None) -> None:
+                  split_linear_bias: bool | None = None, compile_glue: bool | None = None,
+                  inductor: dict | None = None) -> None:
     """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
     graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
     difference from it. The first copy stays alive, so the peak holds one UNet more.
     `inductor`: config values patched while the regions compile (their first call)."""
     import torch._inductor.config as inductor_config
 
-    from fastsync.accel.compile import compile_regions
-
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
-    copy_ = fast_copy(unet, backend, column_group_norm, split_linear_bias)
-    n = compile_regions(copy_, mode=mode)
+    fast = fast_options(column_group_norm=column_group_norm, split_linear_bias=split_linear_bias,
+                        compile_glue=compile_glue)
+    copy_ = fast_copy(unet, backend, fast)
+    n = compile_unet(copy_, fast, mode=mode)
     started = time.perf_counter()
     with inductor_config.patch(inductor or {}):
         copy_(*call_args)

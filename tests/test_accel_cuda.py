@@ -196,18 +196,24 @@ def test_short_last_chunk_runs_eagerly(unet, timesteps):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("column_group_norm,split_linear_bias", [(False, False), (True, False), (True, True)])
-def test_compile_regions_matches_eager(unet, unet32, timesteps, column_group_norm, split_linear_bias):
+@pytest.mark.parametrize("column_group_norm,split_linear_bias,glue",
+                         [(False, False, False), (True, False, False), (True, True, False), (True, True, True)])
+def test_compile_regions_matches_eager(unet, unet32, timesteps, column_group_norm, split_linear_bias, glue):
     from fastsync.accel import group_norm, linear_bias
-    from fastsync.accel.compile import REGIONS, compile_regions
+    from fastsync.accel.compile import REGIONS, compile_glue, compile_regions
+    from fastsync.accel.glue import glue_modules
 
     compiled = copy.deepcopy(unet)
     if column_group_norm:  # fast set-up's norms (FastOptions.column_group_norm)
         assert group_norm.use_in_regions(compiled, REGIONS) > 0
+        if glue:  # the head's norm too
+            assert sum(group_norm.use_in(m) for m in glue_modules(compiled)) == 1
     if split_linear_bias:  # FastOptions.split_linear_bias: one more fp16 rounding per product
         assert linear_bias.use_in_regions(compiled, REGIONS) > 0
     count = compile_regions(compiled)
     assert count == sum(isinstance(m, REGIONS) for m in unet.modules()) > 0
+    if glue:  # FastOptions.compile_glue: the upsamplers and the head compiled as well
+        assert compile_glue(compiled) == len(glue_modules(compiled)) > 1
     plain = PlainPredictor(unet, INTERVAL)
     fast = PlainPredictor(compiled, INTERVAL)  # DeepCache on the compiled regions, no graphs
     few = timesteps[:4]  # full, cached, cached, full: both DeepCache paths, compiled once each

@@ -213,13 +213,15 @@ def test_a_warm_up_compiles_side_by_side_and_its_job_compiles_nothing(tmp_path):
     """The tiny UNet and VAE, every region installed, through the warm-up's side-by-side phase.
     At 128 px no latent is 1x1: an eager size-1 dimension can carry other strides than a compiled
     one, so a 64 px model would meet one region again in another layout and compile it here."""
-    from fastsync.accel.compile import compile_regions, compile_vae_regions, eager_context
+    from fastsync.accel.compile import compile_vae_regions, eager_context
+    from fastsync.accel.setup import compile_unet
     from fastsync.accel.warmup import _compile_side_by_side
     from fastsync.denoise import SamplingOptions
 
     c = _components(None, res=128, compile=True, compile_workers=2)
     store = c.cache["region_compiler"] = precompile.RegionCompiler(tmp_path)
-    assert compile_regions(c.unet, store=store) and compile_vae_regions(c.vae, store=store)
+    assert c.options.fast.compile_glue  # the upsamplers and the head go to the workers too
+    assert compile_unet(c.unet, c.options.fast, store=store) and compile_vae_regions(c.vae, store=store)
     sampling = SamplingOptions(steps=20, num_frames=FRAMES)
     with torch.inference_mode():
         spent = _compile_side_by_side(c, sampling)

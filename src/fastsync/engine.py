@@ -92,6 +92,12 @@ class FastOptions:
     # (CUDA only); tests/test_linear_bias.py. On an H100 the UNet's CFG forward took 94.2
     # against 97.8 ms (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
     split_linear_bias: bool = True
+    # The UNet's layers between the compiled blocks are compiled too: its three upsamplers
+    # and its head (GroupNorm, SiLU, conv_out), which runs on every denoising step. Eagerly
+    # they took about 2.5 ms of the CFG forward on an H200, mostly PyTorch's GroupNorm and
+    # nearest upsampling on channels_last tensors (fastsync.accel.glue). Needs compile (CUDA
+    # only); the head's norm computes from per-channel moments with column_group_norm.
+    compile_glue: bool = True
 
 
 @dataclass(frozen=True)

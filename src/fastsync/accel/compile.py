@@ -82,16 +82,18 @@ def regions_dir() -> str:
 
 def _compile_each(model: nn.Module, kinds: tuple[type, ...], store: precompile.RegionCompiler | None,
                   mode: str | None = None) -> int:
+    return _compile_modules([m for m in model.modules() if isinstance(m, kinds)], store, mode)
+
+
+def _compile_modules(modules: list[nn.Module], store: precompile.RegionCompiler | None,
+                     mode: str | None = None) -> int:
     configure_inductor()
-    count = 0
-    for module in model.modules():
-        if isinstance(module, kinds):
-            if store is None:
-                module.compile(fullgraph=True, dynamic=False, mode=mode)
-            else:
-                store.install(module)
-            count += 1
-    return count
+    for module in modules:
+        if store is None:
+            module.compile(fullgraph=True, dynamic=False, mode=mode)
+        else:
+            store.install(module)
+    return len(modules)
 
 
 def compile_regions(model: nn.Module, *, mode: str | None = None,
@@ -99,6 +101,15 @@ def compile_regions(model: nn.Module, *, mode: str | None = None,
     """Compile every region module in place (lazily: on its first call); returns how many.
     With `store`, the compiled regions are kept on disk; `mode` applies without one only."""
     return _compile_each(model, REGIONS, store, mode)
+
+
+def compile_glue(unet: nn.Module, *, mode: str | None = None,
+                 store: precompile.RegionCompiler | None = None) -> int:
+    """Compile the UNet's layers between the regions, its upsamplers and its head, as
+    regions of their own (fastsync.accel.glue); returns how many. As compile_regions."""
+    from fastsync.accel.glue import glue_modules
+
+    return _compile_modules(glue_modules(unet), store, mode)
 
 
 def vae_regions() -> tuple[type, ...]:

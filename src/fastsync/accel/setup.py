@@ -40,7 +40,7 @@ def prepare_fast(c: Components) -> dict[str, float]:
             keep_channels_last_between_blocks(c.unet)
         c.vae.to(memory_format=torch.channels_last)
     if fast.compile and c.device.type == "cuda":
-        from fastsync.accel.compile import compile_regions, compile_vae_regions, vae_regions
+        from fastsync.accel.compile import compile_vae_regions, vae_regions
 
         started = time.perf_counter()
         swap_in_unet_regions(c.unet, fast)
@@ -49,7 +49,7 @@ def prepare_fast(c: Components) -> dict[str, float]:
 
             group_norm.use_in_regions(c.vae, vae_regions())
         store = region_compiler(c) if fast.precompile else None
-        compile_regions(c.unet, store=store)  # lazy: the compilation itself happens on the first call
+        compile_unet(c.unet, fast, store=store)  # lazy: the compilation itself happens on the first call
         compile_vae_regions(c.vae, store=store)
         spent["compile_setup_s"] = time.perf_counter() - started
     return spent
@@ -58,17 +58,35 @@ def prepare_fast(c: Components) -> dict[str, float]:
 def swap_in_unet_regions(unet, fast) -> None:
     """The layers inside the UNet's compiled regions that `fast` (FastOptions) computes another
     way: the norms from per-channel moments, the linear layers' bias in their consumer's
-    kernel. Both pay only compiled, so fast set-up calls this where it compiles."""
+    kernel. Both pay only compiled, so fast set-up calls this where it compiles. With
+    fast.compile_glue the head is attached as a module (fastsync.accel.glue), and its norm
+    is swapped with the regions' ones."""
     from fastsync.accel.compile import REGIONS
+    from fastsync.accel.glue import glue_modules
 
+    glue = glue_modules(unet) if fast.compile_glue else []  # attaches the head
     if fast.column_group_norm:
         from fastsync.accel import group_norm
 
         group_norm.use_in_regions(unet, REGIONS)
+        for module in glue:
+            group_norm.use_in(module)
     if fast.split_linear_bias:
         from fastsync.accel import linear_bias
 
         linear_bias.use_in_regions(unet, REGIONS)
+
+
+def compile_unet(unet, fast, *, store=None, mode: str | None = None) -> int:
+    """The UNet's compiled regions as `fast` (FastOptions) has them: the repeated blocks, and
+    with compile_glue the layers between them; returns how many (lazily compiled, see
+    accel.compile.compile_regions). After swap_in_unet_regions."""
+    from fastsync.accel.compile import compile_glue, compile_regions
+
+    count = compile_regions(unet, store=store, mode=mode)
+    if fast.compile_glue:
+        count += compile_glue(unet, store=store, mode=mode)
+    return count
 
 
 def keep_channels_last_between_blocks(unet) -> int:
