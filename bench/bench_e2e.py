@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--split-linear-bias", choices=("on", "off"),
                         help="fast mode's FastOptions.split_linear_bias (default: as configured); set at load, "
                              "so compare the two settings in two processes")
+    parser.add_argument("--compile-glue", choices=("on", "off"),
+                        help="fast mode's FastOptions.compile_glue (default: as configured); as --split-linear-bias")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
@@ -209,6 +211,8 @@ def main() -> None:
     fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs)
     if args.split_linear_bias:
         fast = dataclasses.replace(fast, split_linear_bias=args.split_linear_bias == "on")
+    if args.compile_glue:
+        fast = dataclasses.replace(fast, compile_glue=args.compile_glue == "on")
     results = {"environment": environment(), "settings": {"resolution": 512, **sampling.__dict__},
                "fast_options": fast.__dict__, "modes": {}}
     for mode in args.modes.split(","):

@@ -93,10 +93,13 @@ class FastOptions:
     # against 97.8 ms (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
     split_linear_bias: bool = True
     # The UNet's layers between the compiled blocks are compiled too: its three upsamplers
-    # and its head (GroupNorm, SiLU, conv_out), which runs on every denoising step. Eagerly
-    # they took about 2.5 ms of the CFG forward on an H200, mostly PyTorch's GroupNorm and
-    # nearest upsampling on channels_last tensors (fastsync.accel.glue). Needs compile (CUDA
-    # only); the head's norm computes from per-channel moments with column_group_norm.
+    # and its head (GroupNorm, SiLU, conv_out), which runs on every denoising step, cached
+    # DeepCache steps included (fastsync.accel.glue). Eagerly, PyTorch's GroupNorm and
+    # nearest upsampling are slow on channels_last tensors. On an H100 the CFG forward took
+    # 94.7 against 96.1 ms, a chunk's GPU time about 0.985 against 1.010 s, the demo1 job
+    # 17.04 against 17.37 s (bench/results/unet_h100_glue.json, e2e_h100_glue_on/off.json).
+    # Needs compile (CUDA only); the head's norm computes from per-channel moments with
+    # column_group_norm.
     compile_glue: bool = True
 
 
