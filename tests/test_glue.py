@@ -17,6 +17,7 @@ from fastsync.accel import glue, group_norm
 from fastsync.config import UNET_PRESETS
 from fastsync.models.loading import random_unet
 from fastsync.models.resnet import Upsample
+from traced import traced
 
 torch.set_num_threads(2)
 
@@ -88,6 +89,8 @@ def test_fast_set_up_swaps_the_heads_norm_where_the_options_say(compile_glue, co
     swapped = type(unet.conv_norm_out) is group_norm.ChannelsLastGroupNorm
     assert swapped == (compile_glue and column_group_norm)
     assert ("head" in unet.__dict__) == compile_glue
+    for module in glue.glue_modules(unet) if compile_glue else []:
+        traced(module)  # as compiled: the swapped norm computes from per-channel moments
     sample, t, audio = _inputs(seed=5)
     ref = plain(sample, t, audio, cfg_pair=True)
     out = unet(sample, t, audio, cfg_pair=True)

@@ -1,5 +1,8 @@
 """accel.group_norm: GroupNorm from per-channel moments equals PyTorch's GroupNorm.
 
+The swapped module computes this way where it is compiled (traced here with Dynamo's eager
+backend, tests/traced.py) and is PyTorch's GroupNorm bit for bit uncompiled.
+
 The group's mean and variance are rebuilt exactly from its channels' (Chan's formula), so
 in fp32 the two differ only in summation order. Checked on 4D (the VAE, per-frame norms)
 and 5D (the UNet's ResNets: one mean over all frames) tensors, both memory layouts, with
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastsync.accel import group_norm
+from traced import traced
 
 torch.set_num_threads(2)
 
@@ -78,8 +82,23 @@ def test_use_in_swaps_plain_norms_and_keeps_their_state():
     assert group_norm.use_in(model) == 2
     assert all(isinstance(m, group_norm.ChannelsLastGroupNorm) for m in (model[1], model[2][0]))
     assert model.state_dict().keys() == state.keys()
-    assert _close(model(x), before) < TOLERANCE
+    assert torch.equal(model(x), before)  # uncompiled: PyTorch's own norms
+    assert _close(traced(model)(x), before) < TOLERANCE  # compiled: from per-channel moments
     assert group_norm.use_in(model) == 0  # already swapped
+
+
+@pytest.mark.parametrize("shape,layout", [((2, 32, 6, 5), torch.channels_last), ((2, 32, 3, 6, 5), torch.channels_last_3d)])
+def test_swapped_norm_is_pytorchs_uncompiled_and_per_channel_compiled(shape, layout):
+    norm = nn.GroupNorm(8, 32, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.3)
+        norm.bias.normal_(0, 0.3)
+    x = _input(shape, seed=6, layout=layout)
+    plain = norm(x)
+    norm.__class__ = group_norm.ChannelsLastGroupNorm
+    assert torch.equal(norm(x), plain)  # a region forced eager launches PyTorch's kernel
+    expected = group_norm.group_norm(x, 8, norm.weight, norm.bias, 1e-6)
+    assert torch.equal(traced(norm)(x), expected)  # inside a compiled region: this module's math
 
 
 class _Region(nn.Sequential):

@@ -1,10 +1,12 @@
 """accel.linear_bias: a linear layer whose bias is a separate add equals nn.Linear.
 
-In fp32 the two differ only in when the bias is added (the product's rounding is the same
-to within fp32 summation order). In fp16 the product is rounded once more before the add,
-so the bound there is one fp16 rounding of the output. Also: the swap keeps the state dict,
-leaves layers without a bias alone, stays inside the regions, and a tiny UNet with its
-regions' linears swapped computes what the plain one does.
+The split applies where the layer is compiled (traced here with Dynamo's eager backend,
+tests/traced.py); uncompiled, the swapped layer is nn.Linear bit for bit. In fp32 the two
+differ only in when the bias is added (the product's rounding is the same to within fp32
+summation order). In fp16 the product is rounded once more before the add, so the bound
+there is one fp16 rounding of the output. Also: the swap keeps the state dict, leaves layers
+without a bias alone, stays inside the regions, and a tiny UNet with its regions' linears
+swapped computes what the plain one does.
 """
 
 import copy
@@ -12,12 +14,14 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastsync.accel import linear_bias
 from fastsync.accel.compile import REGIONS
 from fastsync.config import UNET_PRESETS
 from fastsync.models.loading import random_unet
+from traced import trace_regions, traced
 
 torch.set_num_threads(2)
 
@@ -48,7 +52,10 @@ def test_equals_linear_in_fp32():
     layer, x = _linear(), _input(3, 17, 48)
     plain = layer(x)
     layer.__class__ = linear_bias.SplitBiasLinear
-    assert _close(layer(x), plain) < TOLERANCE
+    assert torch.equal(layer(x), plain)  # uncompiled: nn.Linear's own call
+    out = traced(layer)(x)
+    assert torch.equal(out, F.linear(x, layer.weight) + layer.bias)  # compiled: the split
+    assert _close(out, plain) < TOLERANCE
 
 
 @torch.no_grad()
@@ -57,8 +64,9 @@ def test_fp16_is_within_one_more_rounding():
     exact = layer.double()(x.double())
     layer = layer.half()
     layer.__class__ = linear_bias.SplitBiasLinear
-    out = layer(x.half())
+    out = traced(layer)(x.half())
     assert out.dtype == torch.float16
+    assert torch.equal(out, F.linear(x.half(), layer.weight) + layer.bias)
     assert _close(out.double(), exact) < FP16_ROUNDING
 
 
@@ -106,6 +114,8 @@ def test_tiny_unet_with_swapped_regions_equals_plain(cfg_pair):
     sample, audio = torch.cat([half, half]), torch.cat([torch.zeros_like(audio), audio])
     t = torch.tensor(781)
     ref = plain(sample, t, audio, cfg_pair=cfg_pair)
+    assert torch.equal(swapped(sample, t, audio, cfg_pair=cfg_pair), ref)  # uncompiled: the plain calls
+    assert trace_regions(swapped, REGIONS) > 0
     assert _close(swapped(sample, t, audio, cfg_pair=cfg_pair), ref) < 1e-5  # fp32 summation order
 
 

@@ -84,12 +84,13 @@ class FastOptions:
     # Same statistics, other summation order. On an H200 the UNet's CFG forward took 95.8
     # against 101.1 ms, a chunk's VAE work (ResNet regions) 0.224 against 0.288 s
     # (bench/results/unet_h200_column_gn.json, vae_h200_column_gn.json). Needs compile
-    # (CUDA only); tests/test_group_norm.py.
+    # (CUDA only); a region run uncompiled (a job's short last chunk) keeps PyTorch's norm.
+    # tests/test_group_norm.py.
     column_group_norm: bool = True
     # The UNet's linear layers inside the compiled regions add their bias in the kernel that
     # reads their output, instead of in cuBLAS's epilogue, which is slow on the short-K shapes
     # (fastsync.accel.linear_bias). One more fp16 rounding of each product. Needs compile
-    # (CUDA only); tests/test_linear_bias.py. On an H100 the UNet's CFG forward took 94.2
+    # (CUDA only; uncompiled, the layer stays nn.Linear); tests/test_linear_bias.py. On an H100 the UNet's CFG forward took 94.2
     # against 97.8 ms (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
     split_linear_bias: bool = True
     # The UNet's layers between the compiled blocks are compiled too: its three upsamplers

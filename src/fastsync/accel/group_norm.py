@@ -15,8 +15,10 @@ Here the same statistics come in two steps that read memory in order:
 Then x * scale + shift per (sample, channel), in fp32 as PyTorch's kernel computes it,
 which inductor fuses with whatever follows (the SiLU of a ResNet).
 
-Outside a compiled region this is several kernels instead of one, so fast set-up uses it
-only for norms inside regions (see `use_in_regions`).
+Outside a compiled region this is about fifteen kernels instead of PyTorch's few, so fast
+set-up swaps it in only inside regions (see `use_in_regions`), and the swapped norm computes
+PyTorch's way whenever it runs uncompiled: a region forced eager (a job's short last chunk,
+the warm-up's listing pass) launches PyTorch's kernels, not these.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | Non
 
 
 class ChannelsLastGroupNorm(nn.GroupNorm):
-    """nn.GroupNorm with the same parameters and state dict, computed by `group_norm`."""
+    """nn.GroupNorm with the same parameters and state dict, computed by `group_norm` when
+    compiled and by nn.GroupNorm itself otherwise."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling():  # eager: PyTorch's fused kernel, fewer launches
+            return super().forward(x)
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 

@@ -13,11 +13,13 @@ of its own. On an H100 the CFG forward took 94.2 against 97.8 ms
 
 The price is one rounding: the product is rounded to fp16 before the bias is added (an
 error of at most 2^-11 of the product per element), where the epilogue adds it in fp32
-first.
+first. Uncompiled (a region forced eager: a job's short last chunk, the warm-up's listing
+pass) the split would only add a kernel launch, so the layer is nn.Linear there.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,9 +27,11 @@ from fastsync.accel.swap import swap_class, swap_in_regions
 
 
 class SplitBiasLinear(nn.Linear):
-    """nn.Linear with the same parameters and state dict; the bias is a separate add."""
+    """nn.Linear with the same parameters and state dict; compiled, the bias is a separate add."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling():  # eager: one addmm, as nn.Linear
+            return super().forward(x)
         return F.linear(x, self.weight) + self.bias
 
 
