@@ -24,6 +24,9 @@ Variants, side by side in one process:
                  --split-linear-bias, timing compiled_graph[split_bias] against the epilogue)
   compiled_graph[glue_eager] (--glue-eager) a fresh copy whose upsamplers and head run eagerly
                  between the compiled blocks (fast mode compiles them since 2026-12-06)
+  compiled_graph[gemm_templates_N] (--gemm-templates N) a fresh copy whose GEMMs inductor tunes
+                 among cuBLAS and N Triton templates with their epilogues (built 2026-12-06,
+                 not yet run)
   compiled_graph[conv1x1_mm] (--conv-1x1-as-mm) a fresh copy with inductor's conv_1x1_as_mm
                  (measured as [split_bias+conv1x1_mm] on 2026-12-06: no gain)
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
@@ -160,6 +163,11 @@ def main() -> None:
     parser.add_argument("--glue-eager", action="store_true",
                         help="a compiled_graph[glue_eager] variant: a fresh copy whose upsamplers and head run "
                              "eagerly between the compiled blocks (fast mode's FastOptions.compile_glue off)")
+    parser.add_argument("--gemm-templates", default="",
+                        help="comma-separated config counts N: each adds a compiled_graph[gemm_templates_N] variant, "
+                             "a fresh copy whose regions' GEMMs inductor tunes at compile time among cuBLAS and its "
+                             "first N Triton templates (which can take the pointwise work after them into their "
+                             "epilogue); convolutions stay on cuDNN. compile_s is the tuning's cost")
     parser.add_argument("--cfg-pair", action="store_true",
                         help="a compiled_graph[cfg_pair] variant (and DeepCache ones with --deepcache): "
                              "the same regions called with cfg_pair=True")
@@ -296,6 +304,14 @@ def main() -> None:
         if args.glue_eager and not args.skip_compile:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[glue_eager]", compile_glue=False)
+        for count in filter(None, args.gemm_templates.split(",")):
+            if not args.skip_compile:
+                # torch 2.11's test_configs.max_mm_configs keeps the first N of inductor's
+                # size-scaled template configs: max-autotune's full list took 5-44 s a shape
+                fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                              f"compiled_graph[gemm_templates_{count}]",
+                              inductor={"max_autotune_gemm": True, "max_autotune_gemm_backends": "TRITON,ATEN",
+                                        "test_configs.max_mm_configs": int(count)})
         if args.conv_1x1_as_mm and not args.skip_compile:
             # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused
             # into the kernel that reads their output, as the linear layers' is
