@@ -30,6 +30,10 @@ from fastsync.engine import EngineOptions, FastOptions
 from fastsync.tools.quality import compare_videos
 
 
+# FastOptions switches settable from the command line, each as on/off
+LOAD_SWITCHES = ("split_linear_bias", "compile_glue")
+
+
 def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -198,21 +202,17 @@ def main() -> None:
                         help="fast mode: on,off = one run each with FastOptions.cfg_pair on and off (the warm-up "
                              "compiles only the engine's own setting; the other compiles in its first run); "
                              "the fidelity is then given for each setting's last run")
-    parser.add_argument("--split-linear-bias", choices=("on", "off"),
-                        help="fast mode's FastOptions.split_linear_bias (default: as configured); set at load, "
-                             "so compare the two settings in two processes")
-    parser.add_argument("--compile-glue", choices=("on", "off"),
-                        help="fast mode's FastOptions.compile_glue (default: as configured); as --split-linear-bias")
+    for switch in LOAD_SWITCHES:
+        parser.add_argument("--" + switch.replace("_", "-"), choices=("on", "off"),
+                            help=f"fast mode's FastOptions.{switch} (default: as configured); set at load, "
+                                 "so compare the two settings in two processes")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     # cudnn.benchmark stays at PyTorch's default (off, as in the reference) unless fast mode's
     # FastOptions.cudnn_benchmark turns it on (off by default); the reference mode runs first.
     sampling = SamplingOptions()  # official settings: 20 steps, guidance 1.5, DeepCache 3, seed 1247
     fast = FastOptions(compile=not args.no_compile, cuda_graphs=not args.no_graphs)
-    if args.split_linear_bias:
-        fast = dataclasses.replace(fast, split_linear_bias=args.split_linear_bias == "on")
-    if args.compile_glue:
-        fast = dataclasses.replace(fast, compile_glue=args.compile_glue == "on")
+    fast = dataclasses.replace(fast, **{s: getattr(args, s) == "on" for s in LOAD_SWITCHES if getattr(args, s)})
     results = {"environment": environment(), "settings": {"resolution": 512, **sampling.__dict__},
                "fast_options": fast.__dict__, "modes": {}}
     for mode in args.modes.split(","):

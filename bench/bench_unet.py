@@ -58,6 +58,19 @@ from fastsync.models.motion_module import TemporalSelfAttention
 from fastsync.models.loading import random_unet
 
 
+# Fresh copies with one of fast mode's switches off, by flag:
+# (variant, FastOptions field, what the copy does).
+SWITCHED_OFF = {
+    "--pytorch-group-norm": ("compiled_graph[pytorch_gn]", "column_group_norm",
+                             "whose norms inside the regions stay PyTorch's GroupNorm (until 2026-12-04 they were; "
+                             "fast mode computes them from per-channel moments, fastsync.accel.group_norm)"),
+    "--bias-in-epilogue": ("compiled_graph[bias_epilogue]", "split_linear_bias",
+                           "whose regions' linear layers keep their bias in cuBLAS's epilogue"),
+    "--glue-eager": ("compiled_graph[glue_eager]", "compile_glue",
+                     "whose upsamplers and head run eagerly between the compiled blocks"),
+}
+
+
 def inputs(dtype, frames=16, size=64):
     """One CFG pair: (2, 13, F, size, size) with equal halves, audio (2F, 50, 384) = [zeros, audio]."""
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -149,20 +162,13 @@ def main() -> None:
     parser.add_argument("--no-persistent-reductions", action="store_true",
                         help="a compiled_graph[looped_reductions] variant: the same regions compiled on a fresh copy "
                              "with inductor's persistent reductions off (every norm a looped reduction)")
-    parser.add_argument("--pytorch-group-norm", action="store_true",
-                        help="a compiled_graph[pytorch_gn] variant: a fresh copy whose norms inside the regions "
-                             "stay PyTorch's GroupNorm (fast mode's compute from per-channel moments, "
-                             "fastsync.accel.group_norm; until 2026-12-04 they were PyTorch's)")
+    for flag, (name, switch, what) in SWITCHED_OFF.items():
+        parser.add_argument(flag, action="store_true",
+                            help=f"a {name} variant: a fresh copy {what} (fast mode's FastOptions.{switch} off)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
-    parser.add_argument("--bias-in-epilogue", action="store_true",
-                        help="a compiled_graph[bias_epilogue] variant: a fresh copy whose regions' linear layers "
-                             "keep their bias in cuBLAS's epilogue (fast mode's FastOptions.split_linear_bias off)")
     parser.add_argument("--conv-1x1-as-mm", action="store_true",
                         help="a compiled_graph[conv1x1_mm] variant: a fresh copy with inductor's conv_1x1_as_mm "
                              "(the transformers' proj_in/proj_out as GEMMs)")
-    parser.add_argument("--glue-eager", action="store_true",
-                        help="a compiled_graph[glue_eager] variant: a fresh copy whose upsamplers and head run "
-                             "eagerly between the compiled blocks (fast mode's FastOptions.compile_glue off)")
     parser.add_argument("--gemm-templates", default="",
                         help="comma-separated config counts N: each adds a compiled_graph[gemm_templates_N] variant, "
                              "a fresh copy whose regions' GEMMs inductor tunes at compile time among cuBLAS and its "
@@ -295,15 +301,10 @@ def main() -> None:
             with inductor_config.patch({"triton.persistent_reductions": False}):
                 fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                               "compiled_graph[looped_reductions]")
-        if args.pytorch_group_norm and not args.skip_compile:
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[pytorch_gn]", column_group_norm=False)
-        if args.bias_in_epilogue and not args.skip_compile:
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[bias_epilogue]", split_linear_bias=False)
-        if args.glue_eager and not args.skip_compile:
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[glue_eager]", compile_glue=False)
+        for flag, (name, switch, _) in SWITCHED_OFF.items():
+            if getattr(args, flag[2:].replace("-", "_")) and not args.skip_compile:
+                fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                              name, fast=dataclasses.replace(FastOptions(), **{switch: False}))
         for count in filter(None, args.gemm_templates.split(",")):
             if not args.skip_compile:
                 # torch 2.11's test_configs.max_mm_configs keeps the first N of inductor's
@@ -359,11 +360,6 @@ def deepcache_variants(results: dict, record, unet_cl, call_args: tuple, first_o
     print(f"one chunk's UNet{tag}: {results[f'deepcache_chunk{tag}']}", flush=True)
 
 
-def fast_options(**changes) -> FastOptions:
-    """Fast mode's options, those given changed (None keeps the default)."""
-    return dataclasses.replace(FastOptions(), **{name: v for name, v in changes.items() if v is not None})
-
-
 def fast_copy(unet, backend: str, fast: FastOptions):
     """A copy of `unet` laid out as fast set-up lays it out on a GPU (channels_last between
     blocks), with `backend` as the motion modules' attention and the layers inside the
@@ -377,8 +373,7 @@ def fast_copy(unet, backend: str, fast: FastOptions):
 
 
 def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, first_out, backend: str,
-                  name: str, *, mode: str | None = None, column_group_norm: bool | None = None,
-                  split_linear_bias: bool | None = None, compile_glue: bool | None = None,
+                  name: str, *, mode: str | None = None, fast: FastOptions | None = None,
                   inductor: dict | None = None) -> None:
     """The fast variant again on a fresh copy of `unet`, its regions compiled in `mode`, then
     graphed; recorded as `name` beside `compiled_graph`, with its compile time and its
@@ -387,8 +382,7 @@ def fresh_variant(results: dict, record, unet, call_args: tuple, reference_out, 
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()  # the regions compile again, not from dynamo's cache of the first copy
-    fast = fast_options(column_group_norm=column_group_norm, split_linear_bias=split_linear_bias,
-                        compile_glue=compile_glue)
+    fast = fast or FastOptions()
     copy_ = fast_copy(unet, backend, fast)
     n = compile_unet(copy_, fast, mode=mode)
     started = time.perf_counter()

@@ -87,7 +87,8 @@ def test_use_in_swaps_plain_norms_and_keeps_their_state():
     assert group_norm.use_in(model) == 0  # already swapped
 
 
-@pytest.mark.parametrize("shape,layout", [((2, 32, 6, 5), torch.channels_last), ((2, 32, 3, 6, 5), torch.channels_last_3d)])
+@pytest.mark.parametrize("shape,layout", [((2, 32, 6, 5), torch.channels_last),
+                                          ((2, 32, 3, 6, 5), torch.channels_last_3d)])
 def test_swapped_norm_is_pytorchs_uncompiled_and_per_channel_compiled(shape, layout):
     norm = nn.GroupNorm(8, 32, eps=1e-6)
     with torch.no_grad():

@@ -90,8 +90,9 @@ class FastOptions:
     # The UNet's linear layers inside the compiled regions add their bias in the kernel that
     # reads their output, instead of in cuBLAS's epilogue, which is slow on the short-K shapes
     # (fastsync.accel.linear_bias). One more fp16 rounding of each product. Needs compile
-    # (CUDA only; uncompiled, the layer stays nn.Linear); tests/test_linear_bias.py. On an H100 the UNet's CFG forward took 94.2
-    # against 97.8 ms (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
+    # (CUDA only; uncompiled, the layer stays nn.Linear); tests/test_linear_bias.py. On an
+    # H100 the UNet's CFG forward took 94.2 against 97.8 ms
+    # (bench/results/unet_h100_split_bias.json; bench_unet --bias-in-epilogue).
     split_linear_bias: bool = True
     # The UNet's layers between the compiled blocks are compiled too: its three upsamplers
     # and its head (GroupNorm, SiLU, conv_out), which runs on every denoising step, cached

@@ -217,7 +217,8 @@ def _call_key(module: nn.Module, args: tuple, kwargs: dict) -> str:
     return "|".join(parts)
 
 
-TRACED_ACCEL_MODULES = ("short_attention", "group_norm", "vae_attention", "linear_bias", "glue")  # fastsync.accel code inside regions
+# fastsync.accel code inside regions
+TRACED_ACCEL_MODULES = ("short_attention", "group_norm", "vae_attention", "linear_bias", "glue")
 
 
 def _module_key(module: nn.Module) -> str:
