@@ -192,7 +192,8 @@ def main() -> None:
                         help="fast mode: one run per value of FastOptions.cpu_threads (0: library default)")
     parser.add_argument("--max-queued-variants", type=lambda v: [int(x) for x in v.split(",")], default=[None],
                         help="fast mode: one run per value of FastOptions.max_queued (default: as configured)")
-    parser.add_argument("--host-variants", type=lambda v: v.split(","), default=["threads"],
+    # processes: what a fast job on a GPU runs by default (FastOptions.host_processes=None)
+    parser.add_argument("--host-variants", type=lambda v: v.split(","), default=["processes"],
                         help="fast mode: one run per host-stage variant, threads and/or processes "
                              "(FastOptions.host_processes)")
     parser.add_argument("--vae-micro-batch-variants", type=lambda v: [int(x) for x in v.split(",")],

@@ -159,7 +159,7 @@ def test_one_device_keeps_the_batch_in_this_process(tmp_path, monkeypatch):
     (tmp_path / "jobs.csv").write_text("video,audio,output\nv.mp4,a.wav,o.mp4\n")
     assert cli.main(["batch", str(tmp_path / "jobs.csv"), "--devices", "cpu"]) == 0
     [options] = loaded
-    assert options.device == "cpu" and not options.fast.host_processes  # as `--device cpu` chooses
+    assert options.device == "cpu" and not options.fast.host_processes_on(torch.device("cpu"))
     assert (tmp_path / "o.mp4").read_text() == f"cpu {os.getpid()}"  # written by this process
 
 

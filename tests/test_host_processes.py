@@ -166,31 +166,77 @@ def test_a_video_without_a_face_keeps_its_error_class(tmp_path, clip):
     assert _workers_left() == []
 
 
-def test_an_unguarded_script_is_told_to_guard_its_main(clip, tmp_path):
-    """A worker process imports the program's main script. A script without the
-    `if __name__ == "__main__":` guard re-runs its job there and the worker dies: the error
-    must say what to change, and nothing may be left behind."""
+def test_an_unguarded_script_runs_its_job_once(clip, tmp_path):
+    """multiprocessing runs the main script again in each child; a script without the
+    `if __name__ == "__main__":` guard would run its job again in both workers (and they
+    would die or write twice). The workers leave the main script out: the script's top
+    level runs once, in its own process, and the job writes its output."""
     script = tmp_path / "unguarded.py"
+    runs = tmp_path / "runs.log"
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir()
     script.write_text(
+        "import os\n"
         "from fastsync.api import LipSync\n"
         "from fastsync.denoise import SamplingOptions\n"
         "from fastsync.engine import EngineOptions, FastOptions\n"
+        f"with open({str(runs)!r}, 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\n"
         "engine = LipSync.from_options(EngineOptions(random_weights=True, model_size='tiny', device='cpu',\n"
         "                                            fast=FastOptions(host_processes=True)))\n"
         f"engine.run({str(clip[0])!r}, {str(clip[1])!r}, {str(out)!r}, sampling=SamplingOptions(steps=1),\n"
-        "           progress=False)\n")
+        "           progress=False)\n"
+        "print('job process', os.getpid())\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert proc.returncode != 0
-    assert "HostWorkerError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
-    assert list(out.parent.iterdir()) == []
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_pid = proc.stdout.split("job process")[-1].split()[0]
+    assert runs.read_text().split() == [job_pid]  # the script's body ran in its own process only
+    assert [p.name for p in out.parent.iterdir()] == ["result.mp4"]
+
+
+def test_other_children_still_run_the_main_script():
+    """Only the workers' own names are prepared without the main script; a program's other
+    processes keep multiprocessing's behaviour."""
+    from multiprocessing import spawn
+
+    from fastsync import host_processes
+
+    host_processes._leave_out_main_script()
+    host_processes._leave_out_main_script()  # installed once, not wrapped twice
+    assert spawn.get_preparation_data.leaves_out_main_for == host_processes.OWN_NAMES
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is None:
+        pytest.skip("this interpreter's main module names no script")
+    keys = {"init_main_from_name", "init_main_from_path"}
+    assert keys & spawn.get_preparation_data("someone-else").keys()
+    for name in host_processes.OWN_NAMES:
+        assert not keys & spawn.get_preparation_data(name).keys()
+
+
+def test_the_default_chooses_processes_on_a_gpu_only():
+    """FastOptions.host_processes=None: processes for a fast job on a GPU, threads on a CPU,
+    in reference mode, or with a custom landmarker; an explicit choice wins."""
+    from types import SimpleNamespace
+
+    from fastsync.pipeline import host_stages_in_processes
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    own = SimpleNamespace(kind="insightface")
+
+    def chosen(device, fast=None, mode="fast", landmarker=own):
+        options = SimpleNamespace(mode=mode, fast=fast or FastOptions())
+        return host_stages_in_processes(SimpleNamespace(options=options, device=device, landmarker=landmarker))
+
+    assert chosen(cuda) and not chosen(cpu)
+    assert not chosen(cuda, mode="reference")
+    assert not chosen(cuda, landmarker=object())  # a custom one: threads, quietly
+    assert chosen(cuda, FastOptions(host_processes=True), landmarker=object())  # asked for: _host_specs says no
+    assert chosen(cpu, FastOptions(host_processes=True)) and not chosen(cuda, FastOptions(host_processes=False))
 
 
 def test_cli_flags_choose_the_host_stages():
-    """The command line: processes for a fast job on a GPU, threads on a CPU or in reference
-    mode, and either when asked for."""
+    """The command line: the default (processes for a fast job on a GPU), or either when asked for."""
     from fastsync.api import engine_options_from_args
     from fastsync.cli import build_parser
 
@@ -198,13 +244,9 @@ def test_cli_flags_choose_the_host_stages():
         args = ["run", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4", *flags]
         return engine_options_from_args(build_parser().parse_args(args)).fast
 
-    assert host("--device", "cuda").host_processes and host("--device", "cuda:1").host_processes
-    assert not host("--device", "cpu").host_processes
-    assert not host("--device", "cuda", "--mode", "reference").host_processes
-    assert not host("--device", "cuda", "--host-threads").host_processes
-    assert host("--device", "cpu", "--host-processes").host_processes
-    assert host() == FastOptions(host_processes=torch.cuda.is_available())  # the device is guessed
-    assert host("--host-processes") == FastOptions(host_processes=True)  # nothing else changes
+    assert host() == host("--device", "cuda") == FastOptions()  # decided by the job's device
+    assert host("--host-threads") == FastOptions(host_processes=False)
+    assert host("--device", "cpu", "--host-processes") == FastOptions(host_processes=True)
     with pytest.raises(SystemExit):  # one or the other
         host("--host-processes", "--host-threads")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
+from fastsync.engine import Components, EngineOptions, FastOptions, load_components
 from fastsync.errors import FastsyncError
 from fastsync.pipeline import Job, JobReport, check_inputs
 from fastsync.progress import ProgressCallback
@@ -67,8 +67,9 @@ class LipSync:
 def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOptions:
     values = dict(version=args.version, checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights,
                   model_size=args.model_size, device=args.device, face_backend=args.face_backend, mode=args.mode)
-    if _host_processes(args):
-        values["fast"] = FastOptions(host_processes=True)
+    chosen = getattr(args, "host_processes", None)  # --host-processes / --host-threads
+    if chosen is not None:
+        values["fast"] = FastOptions(host_processes=chosen)
     values.update(overrides)
     return EngineOptions(**values)
 
@@ -129,14 +130,3 @@ def warmup_from_args(args: argparse.Namespace) -> int:
         if hint:
             print(f"hint: {hint}")
     return 0
-
-
-def _host_processes(args: argparse.Namespace) -> bool:
-    """The command line's choice: --host-processes / --host-threads, else processes for a
-    fast job on a GPU (measured faster there) and threads on a CPU. Safe here, unlike as a
-    library default: the workers import fastsync's own entry point as the main module."""
-    chosen = getattr(args, "host_processes", None)
-    if chosen is not None:
-        return chosen
-    device = args.device or pick_device(None).type  # None: the engine's own guess
-    return args.mode == "fast" and device.startswith("cuda")

@@ -48,13 +48,13 @@ class FastOptions:
     x264_threads: int = 0
     # Run the host stages (decode+align, paste+encode) in two worker processes instead of
     # threads, so they never wait for the GIL that the GPU thread holds while it launches
-    # kernels (fastsync.host_processes). On a GPU they made the demo1 job 1.07x faster
-    # (bench/results/e2e_h200.json); on a CPU the model itself needs the cores. The command
-    # line turns this on whenever a fast job runs on a GPU (`api.engine_options_from_args`).
-    # In the Python API it stays off unless asked for: a worker process imports the
-    # program's main script, so a script that turns it on must guard its work with
-    # `if __name__ == "__main__":`, as for any multiprocessing program.
-    host_processes: bool = False
+    # kernels (fastsync.host_processes). On an H100 whose host was slow they made the demo1
+    # job 1.30x faster (16.74 against 21.77 s, bench/results/e2e_h100_session17_hosts.json;
+    # 1.07x on an H200, e2e_h200.json). On a CPU the model itself needs the cores.
+    # None: processes for a fast job on a GPU, threads on a CPU or with a custom landmarker
+    # (which a worker cannot rebuild). The workers run fastsync's code only, never the
+    # program's main script, so a script needs no `if __name__ == "__main__":` for them.
+    host_processes: bool | None = None
     # Temporal attention has 16-token sequences in huge batches. SDPA's kernels tile for long
     # sequences (its memory-efficient one is the best of them there); fastsync's Triton
     # kernel holds a whole sequence per program: 4.2x faster at 64x64 latents and the UNet
@@ -103,6 +103,10 @@ class FastOptions:
     # Needs compile (CUDA only); the head's norm computes from per-channel moments with
     # column_group_norm.
     compile_glue: bool = True
+
+    def host_processes_on(self, device: torch.device) -> bool:
+        """Whether a fast job on `device` runs its host stages in worker processes."""
+        return device.type == "cuda" if self.host_processes is None else self.host_processes
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,14 @@ def mask_rect(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def host_stages_in_processes(components) -> bool:
-    """Whether a job runs its host stages in worker processes (fast mode and
-    `FastOptions.host_processes`); with a custom landmarker, which a worker cannot rebuild,
-    the job then stops with an error (`Job._host_specs`)."""
-    return components.options.mode == "fast" and components.options.fast.host_processes
+    """Whether a job runs its host stages in worker processes: fast mode and
+    `FastOptions.host_processes` for its device. Left to the default, a custom landmarker
+    (which a worker cannot rebuild) keeps them in threads; asked for explicitly, the job
+    then stops with an error (`Job._host_specs`)."""
+    fast = components.options.fast
+    if components.options.mode != "fast" or not fast.host_processes_on(components.device):
+        return False
+    return fast.host_processes is not None or hasattr(components.landmarker, "kind")
 
 
 def _no_face(video: Path) -> NoFaceError:

@@ -30,7 +30,7 @@ def prepare_fast(c: Components) -> dict[str, float]:
         for module in c.unet.modules():
             if isinstance(module, TemporalSelfAttention):
                 module.backend = backend
-    if fast.host_processes:
+    if fast.host_processes_on(c.device):
         from fastsync.host_processes import warm_up
 
         warm_up()  # the fork server imports the host modules while the weights load
