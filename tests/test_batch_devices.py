@@ -116,6 +116,35 @@ def test_nothing_starts_when_every_output_exists(tmp_path):
 
 
 # -- --devices values -----------------------------------------------------------------------------
+def test_an_unguarded_script_runs_its_batch_once(tmp_path):
+    """A script without the `if __name__ == "__main__":` guard: its workers would run the
+    script again and fail there (multiprocessing forbids a child to start processes while it
+    imports its main module). With the factory in a module of its own, the workers leave
+    the script out: its body runs once and both jobs are done."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import os\n"
+        "from pathlib import Path\n"
+        "import batch_fakes\n"
+        "from fastsync.batch import BatchJob\n"
+        "from fastsync.batch_devices import run_batch_on_devices\n"
+        "from fastsync.engine import EngineOptions\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "with open(folder / 'script.log', 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\n"
+        "jobs = [BatchJob(folder / 'v.mp4', folder / 'a.wav', folder / n) for n in ('one.mp4', 'two.mp4')]\n"
+        "result = run_batch_on_devices(EngineOptions(), jobs, ['cpu', 'cpu'], engine_factory=batch_fakes.make_engine)\n"
+        "print('result', *result, os.getpid())\n")
+    path = os.pathsep.join([os.path.dirname(__file__), *sys.path])
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    *counts, pid = proc.stdout.split("result")[-1].split()
+    assert counts == ["2", "0", "0"], proc.stdout[-2000:]
+    assert (tmp_path / "script.log").read_text().split() == [pid]
+    assert sorted(name for name, _ in batch_fakes.runs(tmp_path)) == ["one.mp4", "two.mp4"]
+
+
 def test_devices_are_normalised(monkeypatch):
     assert devices.parse_devices("cpu, cpu") == TWO_CPUS
     monkeypatch.setattr(devices, "_gpu_count", lambda: 3)  # as on a host with three GPUs

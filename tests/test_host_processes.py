@@ -195,25 +195,6 @@ def test_an_unguarded_script_runs_its_job_once(clip, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["result.mp4"]
 
 
-def test_other_children_still_run_the_main_script():
-    """Only the workers' own names are prepared without the main script; a program's other
-    processes keep multiprocessing's behaviour."""
-    from multiprocessing import spawn
-
-    from fastsync import host_processes
-
-    host_processes._leave_out_main_script()
-    host_processes._leave_out_main_script()  # installed once, not wrapped twice
-    assert spawn.get_preparation_data.leaves_out_main_for == host_processes.OWN_NAMES
-    main = sys.modules["__main__"]
-    if getattr(main, "__spec__", None) is None and getattr(main, "__file__", None) is None:
-        pytest.skip("this interpreter's main module names no script")
-    keys = {"init_main_from_name", "init_main_from_path"}
-    assert keys & spawn.get_preparation_data("someone-else").keys()
-    for name in host_processes.OWN_NAMES:
-        assert not keys & spawn.get_preparation_data(name).keys()
-
-
 def test_the_default_chooses_processes_on_a_gpu_only():
     """FastOptions.host_processes=None: processes for a fast job on a GPU, threads on a CPU,
     in reference mode, or with a custom landmarker; an explicit choice wins."""

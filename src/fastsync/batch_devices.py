@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from fastsync.batch import BatchJob, run_batch
 from fastsync.batch_worker import load_engine, worker_main
 from fastsync.devices import parse_devices
+from fastsync.spawning import start_without_main_script
 
 if TYPE_CHECKING:
     from fastsync.denoise import SamplingOptions
@@ -47,8 +48,9 @@ def run_batch_on_devices(options: EngineOptions, jobs: list[BatchJob], devices: 
     (done, skipped, failed). `devices`: as for --devices ("cuda:0,cuda:1", "all",
     ["cpu", "cpu"]). One device runs in this process, as run_batch does. `engine_factory`
     (options -> engine with .run) must be a module-level function: the workers import it.
-    Like any multiprocessing program, a script calling this must keep its work under
-    `if __name__ == "__main__":`, since each worker imports the script."""
+    The workers do not run the program's main script (fastsync.spawning), unless the factory
+    is defined there: then, as in any multiprocessing program, the script must keep its
+    work under `if __name__ == "__main__":`, since each worker imports it."""
     devices = parse_devices(devices)
     factory = engine_factory or load_engine
     if len(devices) == 1:
@@ -87,7 +89,10 @@ def _start_workers(options, devices: list[str], factory, sampling, workers: list
         args = (dataclasses.replace(options, device=device), factory, sampling,
                 threads if device == "cpu" else None, theirs)
         process = ctx.Process(target=worker_main, args=args, name=f"fastsync-batch-{label}", daemon=False)
-        process.start()
+        if getattr(factory, "__module__", "__main__") == "__main__":
+            process.start()  # the worker imports the factory from the program's main script
+        else:
+            start_without_main_script(process)
         theirs.close()  # only the worker holds its end now: when it dies, ours reads end-of-file
         workers.append(_Worker(label, process, mine))
 
@@ -224,9 +229,9 @@ class _DeviceBatch:
             self._fail(number, w.label, f"the worker on {w.label} died ({how}) while running this job; "
                                         "the other devices take the remaining jobs")
         elif not w.ready:
-            self.echo(f"batch: the worker on {w.label} died ({how}) while loading the engine. A worker "
-                      "imports the program's main script: a script that starts a batch must keep its work "
-                      "under `if __name__ == \"__main__\":`")
+            self.echo(f"batch: the worker on {w.label} died ({how}) while loading the engine. If the "
+                      "engine factory is defined in the program's main script, the worker imports that "
+                      "script: it must keep its work under `if __name__ == \"__main__\":`")
         else:
             self.echo(f"batch: the worker on {w.label} died ({how}) between jobs")
 

@@ -18,9 +18,9 @@ so the output is the same, bit for bit (tests/test_host_processes.py).
 The processes come from a fork server started once per engine (`warm_up`), which has
 imported the host-side modules, so a job's two processes start in milliseconds, fork
 from a process that never touched CUDA, and need no re-import. Unlike other
-multiprocessing children they do not run the program's main script, so a script calling
-fastsync needs no `if __name__ == "__main__":` guard for them. A failure in either
-process reaches the job as a `HostWorkerError` naming the stage, with the worker's
+multiprocessing children they do not run the program's main script (fastsync.spawning):
+a script calling fastsync needs no `if __name__ == "__main__":` guard for them. A failure
+in either process reaches the job as a `HostWorkerError` naming the stage, with the worker's
 traceback; a failed or interrupted job tells the finishing process to abort, and it
 removes its temporary file, so no half-written output is left.
 """
@@ -42,6 +42,7 @@ import torch
 from fastsync import errors, stages
 from fastsync.chunks import Chunk
 from fastsync.errors import FastsyncError
+from fastsync.spawning import start_without_main_script
 
 QUEUE_DEPTH = 2  # chunks in flight per queue: back-pressure, so memory does not grow with the video
 POLL_S = 0.5  # how often a blocked side checks that the other is still alive
@@ -79,34 +80,6 @@ class FinishSpec:
     x264_threads: int
     face_workers: int  # paste-back threads inside the process
     profile_dir: Path | None = None
-
-
-OWN_NAMES = ("fastsync-prepare", "fastsync-finish")  # the workers' process names
-
-
-def _leave_out_main_script() -> None:
-    """multiprocessing runs the program's main script again in every child it spawns or
-    forks from its server, so that functions defined there can be unpickled. The host
-    workers run fastsync's own functions on fastsync's own specs and need nothing from it;
-    and a script without the `if __name__ == "__main__":` guard would run its job again in
-    each worker. So, for the workers' own process names only, the data multiprocessing
-    prepares for a child leaves the main script out. Why by hand: multiprocessing has no
-    switch for this. Any other process, of fastsync or of the program, is prepared as before."""
-    from multiprocessing import spawn
-
-    if getattr(spawn.get_preparation_data, "leaves_out_main_for", None) == OWN_NAMES:
-        return
-    original = spawn.get_preparation_data
-
-    def get_preparation_data(name):
-        data = original(name)
-        if name in OWN_NAMES:
-            data.pop("init_main_from_name", None)
-            data.pop("init_main_from_path", None)
-        return data
-
-    get_preparation_data.leaves_out_main_for = OWN_NAMES
-    spawn.get_preparation_data = get_preparation_data
 
 
 def _context():
@@ -287,7 +260,6 @@ class HostProcesses:
 
     def __init__(self, prepare: PrepareSpec, finish: FinishSpec, clock: stages.StageClock, on_written=None):
         ctx = _context()
-        _leave_out_main_script()
         self.clock = clock
         self.on_written = on_written or (lambda n: None)
         self._chunks = ctx.Queue(QUEUE_DEPTH)
@@ -295,16 +267,16 @@ class HostProcesses:
         self._from_finish = ctx.Queue()
         parent = os.getpid()
         self._prepare = ctx.Process(target=_prepare_main, args=(prepare, self._chunks, parent),
-                                    name=OWN_NAMES[0], daemon=True)
+                                    name="fastsync-prepare", daemon=True)
         self._finish = ctx.Process(target=_finish_main, args=(finish, self._to_finish, self._from_finish, parent),
-                                   name=OWN_NAMES[1], daemon=True)
+                                   name="fastsync-finish", daemon=True)
         self.without_face = self.several_faces = 0
         self.top_ops: dict[str, list[dict]] = {}  # each worker's, when its spec asks for a profile
         self._done = False
 
     def __enter__(self) -> HostProcesses:
-        self._prepare.start()
-        self._finish.start()
+        start_without_main_script(self._prepare)  # both run fastsync's functions on its specs only
+        start_without_main_script(self._finish)
         return self
 
     def chunks(self) -> Iterator[Chunk]:
