@@ -12,7 +12,6 @@ paste-back are included. Writes a JSON with every figure and the side-by-side ra
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import resource
@@ -72,13 +71,11 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
         output = args.work / f"{mode}_{k}.mp4"
-        timeline, gpu = Timeline(), GpuTimeline()
+        timeline = Timeline()
         torch.cuda.synchronize()
         started = timeline.started = time.perf_counter()
-        gpu.begin(started)
-        with gpu.installed():
-            report = engine.run(args.video, args.audio, output, sampling=sampling, clock=clock,
-                                landmarks_cache=args.landmarks, on_progress=timeline)
+        report = engine.run(args.video, args.audio, output, sampling=sampling, clock=clock,
+                            landmarks_cache=args.landmarks, on_progress=timeline)
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
         result["runs"].append({
@@ -93,7 +90,9 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
             **_regions_compiled(engine),
             "progress_s": timeline.as_dict(),
-            "gpu_timeline_s": gpu.as_dict(wall),
+            # each chunk's GPU span and the GPU's idle time, in seconds from the job's start
+            # (fastsync.timeline; until 2026-12-06 the keys were gpu_busy_s and "gpu")
+            "gpu_timeline_s": report.timeline,
             "progress_events_s": timeline.events,
         })
         result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
@@ -119,56 +118,6 @@ class Timeline:
 
     def as_dict(self) -> dict:
         return {stage: {"first": marks[0][0], "last": marks[-1][0]} for stage, marks in self.events.items()}
-
-
-class GpuTimeline:
-    """When the GPU ran each chunk's work (CUDA events around `ChunkDenoiser.__call__`, so
-    the audio window encoded before a chunk counts as a gap), and when the job thread
-    started and stopped queuing it, in seconds from the job's start. The gaps are the
-    GPU's idle time: before the first chunk (pipeline fill), between chunks, and after
-    the last (the tail, to the job's end)."""
-
-    def __init__(self):
-        self.origin: torch.cuda.Event | None = None
-        self.started = 0.0
-        self.marks: list[tuple[float, float, torch.cuda.Event, torch.cuda.Event]] = []
-
-    def begin(self, started: float) -> None:
-        self.origin, self.started, self.marks = torch.cuda.Event(enable_timing=True), started, []
-        self.origin.record()
-
-    @contextlib.contextmanager
-    def installed(self):
-        from fastsync.denoise import ChunkDenoiser
-
-        plain = ChunkDenoiser.__call__
-
-        def timed(denoiser, faces, audio):
-            queued = time.perf_counter()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = plain(denoiser, faces, audio)
-            end.record()
-            self.marks.append((queued, time.perf_counter(), start, end))
-            return result
-
-        ChunkDenoiser.__call__ = timed
-        try:
-            yield self
-        finally:
-            ChunkDenoiser.__call__ = plain
-
-    def as_dict(self, wall: float) -> dict:
-        torch.cuda.synchronize()
-        if not self.marks:
-            return {}
-        chunks = [{"queued": [round(q - self.started, 3), round(d - self.started, 3)],
-                   "gpu": [round(self.origin.elapsed_time(s) / 1e3, 3), round(self.origin.elapsed_time(e) / 1e3, 3)]}
-                  for q, d, s, e in self.marks]
-        gaps = [b["gpu"][0] - a["gpu"][1] for a, b in zip(chunks, chunks[1:])]
-        return {"chunks": chunks, "gpu_busy_s": round(sum(c["gpu"][1] - c["gpu"][0] for c in chunks), 3),
-                "idle_before_first_s": chunks[0]["gpu"][0], "idle_between_s": round(sum(gaps), 3),
-                "idle_after_last_s": round(wall - chunks[-1]["gpu"][1], 3)}
 
 
 def _regions_compiled(engine) -> dict:

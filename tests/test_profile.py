@@ -148,6 +148,17 @@ def test_report_has_every_field_with_sane_values(profiled, mode):
     assert sum(op["self_cpu_s"] for op in ops) <= r["total_cpu_s"] + 1e-3
     assert any(op["name"].startswith("aten::") for op in ops)
 
+    # the device's timeline: one span per chunk (16 + 11 frames), in order, inside the job,
+    # and busy plus idle time adding up to the job's wall
+    t = r["timeline"]
+    spans = [c["device"] for c in t["chunks"]]
+    assert len(spans) == 2 and 0 <= spans[0][0] <= spans[0][1] <= spans[1][0] <= spans[1][1] <= t["wall_s"]
+    parts = t["busy_s"] + t["idle_before_first_s"] + t["idle_between_s"] + t["idle_after_last_s"]
+    assert parts == pytest.approx(t["wall_s"], abs=0.01)
+    assert t["wall_s"] <= s["job_wall_s"]
+    assert r["verdict"].startswith(f"The {'GPU' if torch.cuda.is_available() else 'CPU'} was busy")
+    assert ("reference mode" in r["verdict"]) == (mode == "reference")
+
     env = r["environment"]
     assert env["device"] and env["torch"] == torch.__version__ and env["fastsync"] == fastsync.__version__
     assert env["python"].count(".") == 2
@@ -253,8 +264,10 @@ def test_trace_and_markdown_are_written(profiled, mode):
 
     md = (out / "report.md").read_text()
     assert md.startswith(f"# fastsync profile: {mode} mode")
-    stage_table, ops_table = _tables(md)
+    stage_table, waited_table, ops_table = _tables(md)
     assert all(len(row) == 2 for row in stage_table), stage_table  # pipes in labels are escaped
+    assert "## Where the job waited" in md and profiled["reports"][mode]["verdict"] in md
+    assert waited_table[0][0] == "device busy" and len(waited_table) == 3
     assert {row[0] for row in stage_table} >= {*STEADY, f"one-time: {stages.INIT}"}
     assert all(len(row) == 4 for row in ops_table)
     assert len(ops_table) == 2 + len(profiled["reports"][mode]["top_ops"])
@@ -307,6 +320,8 @@ def test_compare_prints_ratios_and_quality(profiled, capsys):
         assert ratio == f"{ra['stages']['steady'][name] / rb['stages']['steady'][name]:.2f}x"
     assert f"one-time {stages.INIT}" in rows
     assert {"peak GPU allocated", "peak GPU reserved", "host peak RSS"} <= set(rows)
+    va, vb, _ = rows["device busy (s)"]
+    assert float(va) == pytest.approx(ra["timeline"]["busy_s"]) and float(vb) == pytest.approx(rb["timeline"]["busy_s"])
 
     # B's output against A's output, over all frames and over the mouth boxes
     m = re.search(r"over (\d+) frames: PSNR ([\d.]+) dB, SSIM ([\d.]+); mouth region: PSNR ([\d.]+) dB, "

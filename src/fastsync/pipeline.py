@@ -39,6 +39,7 @@ from fastsync.engine import Components
 from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
 from fastsync.progress import Progress, ProgressCallback
+from fastsync.timeline import ChunkTimeline
 from fastsync.transfer import Download
 
 AUDIO_SAMPLE_RATE = 16_000
@@ -56,6 +57,8 @@ class JobReport:
     mouth_boxes: list[list[int] | None] = field(default_factory=list)  # per output frame, frame pixels
     # Job(host_profile=DIR) with the host stages in worker processes: each worker's top CPU ops
     host_top_ops: dict[str, list[dict]] | None = None
+    # when the model's device worked on each chunk, and its idle time (fastsync.timeline)
+    timeline: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -149,6 +152,7 @@ class Job:
         self.on_progress = on_progress  # frames done per stage, beside (or instead of) the bars
         self.landmarks_cache = landmarks_cache
         self.mouth_boxes: list[list[int] | None] = []
+        self.timeline = ChunkTimeline(components.device)
 
     # -- inputs ------------------------------------------------------------------------------
     def _audio(self, audio_path: Path):
@@ -172,6 +176,7 @@ class Job:
         from fastsync.media.writer import VideoWriter, check_output_writable
 
         started = time.perf_counter()
+        self.timeline.begin()
         video, audio_path, output = Path(video), Path(audio_path), Path(output)
         check_output_writable(output)
         info = probe_video(video)
@@ -208,8 +213,9 @@ class Job:
         finally:
             bar.close()
         cache.save()
-        return JobReport(output, n, time.perf_counter() - started, tracker.without_face,
-                         tracker.several_faces, self.clock.as_dict(), self.mouth_boxes)
+        seconds = time.perf_counter() - started
+        return JobReport(output, n, seconds, tracker.without_face, tracker.several_faces, self.clock.as_dict(),
+                         self.mouth_boxes, timeline=self.timeline.as_dict(seconds))
 
     def _run_in_processes(self, video: Path, audio_path: Path, output: Path, info, n: int,
                           started: float) -> JobReport:
@@ -244,8 +250,9 @@ class Job:
         finally:
             handover.shutdown(wait=True, cancel_futures=True)
             bar.close()
-        return JobReport(output, n, time.perf_counter() - started, host.without_face,
-                         host.several_faces, self.clock.as_dict(), self.mouth_boxes, host.top_ops or None)
+        seconds = time.perf_counter() - started
+        return JobReport(output, n, seconds, host.without_face, host.several_faces, self.clock.as_dict(),
+                         self.mouth_boxes, host.top_ops or None, self.timeline.as_dict(seconds))
 
     def _host_specs(self, video: Path, audio_path: Path, output: Path, info, n: int):
         from fastsync.host_processes import FinishSpec, PrepareSpec
@@ -306,7 +313,7 @@ class Job:
         faces = None  # no face in the whole chunk: its frames pass through untouched
         if chunk.faces is not None:
             audio = self._audio_context(chunk)
-            with self.clock.stage(stages.DENOISE):
+            with self.clock.stage(stages.DENOISE), self.timeline.chunk():
                 # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
                 result = denoiser(chunk.faces, audio)
                 faces = Download(result.float() if upcast else result)

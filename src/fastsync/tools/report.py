@@ -88,6 +88,9 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
         "peak_memory_bytes": memory,
         "host_peak_rss_bytes": host_peak_rss_bytes,
         "top_ops": top_ops,
+        # when the device worked on each chunk, its idle time, and what that says
+        "timeline": job.timeline,
+        "verdict": _verdict(job.timeline, host_stages),
         # with the host stages in worker processes: each worker's own top CPU ops
         "host_top_ops": job.host_top_ops,
         "quality": quality,
@@ -102,6 +105,14 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def _verdict(timeline: dict, host_stages: str) -> str | None:
+    from fastsync.timeline import verdict
+
+    if not timeline:
+        return None
+    return verdict(timeline, "GPU" if torch.cuda.is_available() else "CPU", host_stages)
 
 
 def _gb(n) -> str:
@@ -143,6 +154,16 @@ def to_markdown(r: dict) -> str:
         q = r["quality"]
         lines.append(f"- quality vs reference output: PSNR {q['psnr_db']} dB, SSIM {q['ssim']} "
                      f"(mouth: PSNR {q.get('mouth_psnr_db')} dB, SSIM {q.get('mouth_ssim')}) over {q['frames']} frames")
+    if r.get("verdict"):
+        t = r["timeline"]
+        lines += ["", "## Where the job waited", "", r["verdict"], "",
+                  "| device busy | idle before the first chunk | between chunks | after the last |",
+                  "|---:|---:|---:|---:|",
+                  f"| {t['busy_s']:.2f} s | {t['idle_before_first_s']:.2f} s | {t['idle_between_s']:.2f} s "
+                  f"| {t['idle_after_last_s']:.2f} s |"]
+        if not env["device"].startswith("CPU"):
+            lines += ["", "The profiler waits for the GPU at the end of each stage of the job's thread, so the "
+                      "gaps here are somewhat longer than in a plain run."]
     lines += ["", f"## Top {TOP_OPS} ops", "", "| op | calls | self CPU s | self CUDA s |", "|---|---:|---:|---:|"]
     for op in r["top_ops"]:
         lines.append(f"| `{_cell(op['name'])}` | {op['calls']} | {op['self_cpu_s']:.4f} | {op['self_cuda_s']:.4f} |")
@@ -179,6 +200,10 @@ def compare_reports(path_a: Path, path_b: Path) -> str:
     for key in ("job_wall_s",):
         va, vb = a["stages"][key], b["stages"][key]
         lines.append(f"| **{key}** | **{va:.3f}** | **{vb:.3f}** | **{_ratio(va, vb)}** |")
+    for key in ("busy_s", "idle_between_s"):  # reports from before 2026-12-06 have no timeline
+        va, vb = (a.get("timeline") or {}).get(key), (b.get("timeline") or {}).get(key)
+        if va is not None and vb is not None:
+            lines.append(f"| device {key[:-2].replace('_', ' ')} (s) | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
     for name in sorted(set(a["stages"]["one_time"]) | set(b["stages"]["one_time"])):
         va, vb = a["stages"]["one_time"].get(name, 0), b["stages"]["one_time"].get(name, 0)
         lines.append(f"| one-time {_cell(name)} | {va:.3f} | {vb:.3f} | {_ratio(va, vb)} |")
