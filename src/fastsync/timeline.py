@@ -21,7 +21,8 @@ import time
 
 import torch
 
-# Idle time between chunks below this share of the job's wall is noise, not a bottleneck.
+# Idle time (before, between or after the chunks) below this share of the job's wall is
+# noise, not a bottleneck.
 WAITING_SHARE = 0.05
 
 
@@ -96,11 +97,12 @@ def verdict(summary: dict, device: str, host_stages: str) -> str:
                                               "alignment)"),
              (summary["idle_between_s"], "between chunks, for the host stages"),
              (summary["idle_after_last_s"], "after the last chunk, for the last paste-back and the encoder's flush")]
-    long_waits = sorted((w for w in waits if w[0] > WAITING_SHARE * wall), reverse=True)
+    waiting = WAITING_SHARE * wall
+    long_waits = sorted((w for w in waits if w[0] > waiting), reverse=True)
     if not long_waits:
         return f"{text}: the model's work bounds the job. The op table shows where its time goes."
     text += ". It waited " + "; ".join(f"{seconds:.2f} s {what}" for seconds, what in long_waits) + "."
-    if summary["idle_between_s"] > WAITING_SHARE * wall:
+    if summary["idle_between_s"] > waiting:
         text += (" The host stages ran in threads of this process, where they share one interpreter lock with the "
                  "thread that drives the model: run them in worker processes (--host-processes, "
                  "FastOptions(host_processes=True))." if host_stages == "threads" else
