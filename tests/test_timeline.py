@@ -1,7 +1,7 @@
 """fastsync.timeline: each chunk's span on the device, the idle time around them, and the
 sentence that says what bounds a job. On a CPU the spans are the denoising calls
 themselves; a fake clock makes them exact here. The CUDA path (events around the calls)
-is exercised by bench_e2e and `fastsync profile` on a GPU.
+is exercised by bench_e2e and `fastsync profile` on a GPU, and by the last test below.
 """
 
 from __future__ import annotations
@@ -70,3 +70,28 @@ def test_the_verdict_names_what_bounds_the_job():
     text = timeline.verdict(cpu, "CPU", "threads")
     assert "It waited 4.85 s before the first chunk" in text and text.index("4.85 s") < text.index("0.40 s")
     assert "--host-processes" not in text  # nothing waited between chunks
+
+
+@pytest.mark.requires_cuda
+def test_cuda_spans_are_when_the_gpu_ran_the_work():
+    # A chunk whose kernel outlives its call: the call returns at once, the span ends with
+    # the kernel. Then the GPU sits idle while the host sleeps, which must show between
+    # the chunks. torch.cuda._sleep spins for a number of GPU clock cycles (~0.1 s here at
+    # the H100's 1.98 GHz boost; the assertions hold at any clock above 0.5 GHz).
+    import time
+
+    t = timeline.ChunkTimeline(torch.device("cuda"))
+    torch.cuda.synchronize()
+    t.begin()
+    with t.chunk():
+        torch.cuda._sleep(200_000_000)
+    torch.cuda.synchronize()
+    time.sleep(0.3)  # the host stages of the next chunk
+    with t.chunk():
+        torch.cuda._sleep(200_000_000)
+    d = t.as_dict(0.0)  # waits for the second kernel
+    first, second = d["chunks"]
+    assert first["device"][1] > first["queued"][1]  # the kernel ran on after the call returned
+    assert first["device"][1] - first["device"][0] > 0.05
+    assert d["idle_between_s"] >= 0.25  # the 0.3 s sleep, less timer granularity
+    assert second["device"][0] >= first["device"][1] + 0.25
