@@ -29,6 +29,9 @@ Variants, side by side in one process:
                  2026-12-06: 95.7 against 94.2 ms, Triton won only tiny GEMMs)
   compiled_graph[conv1x1_mm] (--conv-1x1-as-mm) a fresh copy with inductor's conv_1x1_as_mm
                  (measured as [split_bias+conv1x1_mm] on 2026-12-06: no gain)
+  compiled_graph[coordinate_descent] (--coordinate-descent) a fresh copy whose generated
+                 kernels (the norms and pointwise ops) inductor tunes by coordinate descent
+                 over their block sizes and warps on their first launch
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
 audio]); the runs before 2026-12-03 took random halves, which times the same kernels.
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
@@ -169,6 +172,9 @@ def main() -> None:
     parser.add_argument("--conv-1x1-as-mm", action="store_true",
                         help="a compiled_graph[conv1x1_mm] variant: a fresh copy with inductor's conv_1x1_as_mm "
                              "(the transformers' proj_in/proj_out as GEMMs)")
+    parser.add_argument("--coordinate-descent", action="store_true",
+                        help="a compiled_graph[coordinate_descent] variant: a fresh copy compiled with inductor's "
+                             "coordinate_descent_tuning (fast mode has it off); compile_s includes the tuning")
     parser.add_argument("--gemm-templates", default="",
                         help="comma-separated config counts N: each adds a compiled_graph[gemm_templates_N] variant, "
                              "a fresh copy whose regions' GEMMs inductor tunes at compile time among cuBLAS and its "
@@ -318,6 +324,11 @@ def main() -> None:
             # into the kernel that reads their output, as the linear layers' is
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[conv1x1_mm]", inductor={"conv_1x1_as_mm": True})
+        if args.coordinate_descent and not args.skip_compile:
+            # the norms and pointwise kernels are about 21 ms of the forward, each near but
+            # not at its bytes' time (bench/results/README.md, unet_h200_tail.json)
+            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                          "compiled_graph[coordinate_descent]", inductor={"coordinate_descent_tuning": True})
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
