@@ -32,6 +32,9 @@ Variants, side by side in one process:
   compiled_graph[coordinate_descent] (--coordinate-descent) a fresh copy whose generated
                  kernels (the norms and pointwise ops) inductor tunes by coordinate descent
                  over their block sizes and warps on their first launch
+  compiled_graph[pdl] (--pdl) a fresh copy whose generated kernels use programmatic dependent
+                 launch (Hopper: a kernel starts while the one before it ends, and waits only
+                 where it reads that one's output)
 The inputs are a CFG pair as the denoiser builds it (equal latent halves, [zero audio,
 audio]); the runs before 2026-12-03 took random halves, which times the same kernels.
 With --glue-ops, the compiled forward's other ATen ops by input shapes, inside regions or between.
@@ -175,6 +178,9 @@ def main() -> None:
     parser.add_argument("--coordinate-descent", action="store_true",
                         help="a compiled_graph[coordinate_descent] variant: a fresh copy compiled with inductor's "
                              "coordinate_descent_tuning (fast mode has it off); compile_s includes the tuning")
+    parser.add_argument("--pdl", action="store_true",
+                        help="a compiled_graph[pdl] variant: a fresh copy compiled with inductor's triton.enable_pdl "
+                             "(programmatic dependent launch between its generated kernels; fast mode has it off)")
     parser.add_argument("--gemm-templates", default="",
                         help="comma-separated config counts N: each adds a compiled_graph[gemm_templates_N] variant, "
                              "a fresh copy whose regions' GEMMs inductor tunes at compile time among cuBLAS and its "
@@ -329,6 +335,17 @@ def main() -> None:
             # not at its bytes' time (bench/results/README.md, unet_h200_tail.json)
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph[coordinate_descent]", inductor={"coordinate_descent_tuning": True})
+        if args.pdl and not args.skip_compile:
+            import torch._inductor.config as inductor_config
+
+            # about 560 generated kernels a forward, most a few microseconds to tens of them:
+            # the gap between two of them is a visible share
+            if hasattr(inductor_config.triton, "enable_pdl"):
+                fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
+                              "compiled_graph[pdl]", inductor={"triton.enable_pdl": True})
+            else:
+                results["pdl"] = f"torch {torch.__version__} has no inductor.config.triton.enable_pdl"
+                print(results["pdl"], flush=True)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
