@@ -14,8 +14,9 @@ from pathlib import Path
 
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions, load_components
+from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
+from fastsync.memory import device_memory_errors
 from fastsync.pipeline import Job, JobReport, check_inputs
 from fastsync.progress import ProgressCallback
 
@@ -34,7 +35,8 @@ class LipSync:
     @classmethod
     def from_options(cls, options: EngineOptions) -> LipSync:
         started = time.perf_counter()
-        components = load_components(options)
+        with device_memory_errors(pick_device(options.device), options.mode, "loading the models"):
+            components = load_components(options)
         return cls(components, time.perf_counter() - started)
 
     def warm_up(self, sampling: SamplingOptions | None = None) -> dict[str, float]:
@@ -43,8 +45,11 @@ class LipSync:
         by side, where the job's first chunk would compile them one after another."""
         from fastsync.accel import warmup
 
-        self.warmed = True
-        return warmup.warm_up(self.components, sampling or SamplingOptions())
+        c = self.components
+        with device_memory_errors(c.device, c.options.mode, "compiling and capturing fast mode"):
+            spent = warmup.warm_up(c, sampling or SamplingOptions())
+        self.warmed = True  # not after a failure: the next run tries again
+        return spent
 
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
@@ -61,7 +66,8 @@ class LipSync:
         job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
                   host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress)
-        return job.run(Path(video), Path(audio), Path(output))
+        with device_memory_errors(self.components.device, self.components.options.mode, f"lip-syncing {Path(video).name}"):
+            return job.run(Path(video), Path(audio), Path(output))
 
 
 def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOptions:
