@@ -76,6 +76,24 @@ SWITCHED_OFF = {
                      "whose upsamplers and head run eagerly between the compiled blocks"),
 }
 
+# Fresh copies compiled with one inductor setting that fast mode leaves at its default:
+# flag -> (variant, inductor config patched while the regions compile, what it is).
+INDUCTOR_VARIANTS = {
+    # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused into
+    # the kernel that reads their output, as the linear layers' is
+    "--conv-1x1-as-mm": ("compiled_graph[conv1x1_mm]", {"conv_1x1_as_mm": True},
+                         "with inductor's conv_1x1_as_mm (the transformers' proj_in/proj_out as GEMMs)"),
+    # the norms and pointwise kernels are about 21 ms of the forward, each near but not at
+    # its bytes' time (bench/results/README.md, unet_h200_tail.json)
+    "--coordinate-descent": ("compiled_graph[coordinate_descent]", {"coordinate_descent_tuning": True},
+                             "compiled with inductor's coordinate_descent_tuning of its generated kernels; "
+                             "compile_s includes the tuning"),
+    # about 560 generated kernels a forward, most a few to tens of microseconds: the gap
+    # between two of them is a visible share
+    "--pdl": ("compiled_graph[pdl]", {"triton.enable_pdl": True},
+              "whose generated kernels use programmatic dependent launch (inductor's triton.enable_pdl)"),
+}
+
 
 def inputs(dtype, frames=16, size=64):
     """One CFG pair: (2, 13, F, size, size) with equal halves, audio (2F, 50, 384) = [zeros, audio]."""
@@ -172,15 +190,9 @@ def main() -> None:
         parser.add_argument(flag, action="store_true",
                             help=f"a {name} variant: a fresh copy {what} (fast mode's FastOptions.{switch} off)")
     parser.add_argument("--top-ops", type=int, default=15, help="how many CUDA ops the profiles list")
-    parser.add_argument("--conv-1x1-as-mm", action="store_true",
-                        help="a compiled_graph[conv1x1_mm] variant: a fresh copy with inductor's conv_1x1_as_mm "
-                             "(the transformers' proj_in/proj_out as GEMMs)")
-    parser.add_argument("--coordinate-descent", action="store_true",
-                        help="a compiled_graph[coordinate_descent] variant: a fresh copy compiled with inductor's "
-                             "coordinate_descent_tuning (fast mode has it off); compile_s includes the tuning")
-    parser.add_argument("--pdl", action="store_true",
-                        help="a compiled_graph[pdl] variant: a fresh copy compiled with inductor's triton.enable_pdl "
-                             "(programmatic dependent launch between its generated kernels; fast mode has it off)")
+    for flag, (name, _, what) in INDUCTOR_VARIANTS.items():
+        parser.add_argument(flag, action="store_true",
+                            help=f"a {name} variant: a fresh copy {what} (fast mode leaves it off)")
     parser.add_argument("--gemm-templates", default="",
                         help="comma-separated config counts N: each adds a compiled_graph[gemm_templates_N] variant, "
                              "a fresh copy whose regions' GEMMs inductor tunes at compile time among cuBLAS and its "
@@ -325,27 +337,15 @@ def main() -> None:
                               f"compiled_graph[gemm_templates_{count}]",
                               inductor={"max_autotune_gemm": True, "max_autotune_gemm_backends": "TRITON,ATEN",
                                         "test_configs.max_mm_configs": int(count)})
-        if args.conv_1x1_as_mm and not args.skip_compile:
-            # the transformers' proj_in/proj_out (1x1 convolutions) as GEMMs, their bias fused
-            # into the kernel that reads their output, as the linear layers' is
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[conv1x1_mm]", inductor={"conv_1x1_as_mm": True})
-        if args.coordinate_descent and not args.skip_compile:
-            # the norms and pointwise kernels are about 21 ms of the forward, each near but
-            # not at its bytes' time (bench/results/README.md, unet_h200_tail.json)
-            fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                          "compiled_graph[coordinate_descent]", inductor={"coordinate_descent_tuning": True})
-        if args.pdl and not args.skip_compile:
-            import torch._inductor.config as inductor_config
-
-            # about 560 generated kernels a forward, most a few microseconds to tens of them:
-            # the gap between two of them is a visible share
-            if hasattr(inductor_config.triton, "enable_pdl"):
+        for flag, (name, config, _) in INDUCTOR_VARIANTS.items():
+            if getattr(args, flag[2:].replace("-", "_")) and not args.skip_compile:
+                missing = [key for key in config if not has_inductor_setting(key)]
+                if missing:
+                    results[name] = f"torch {torch.__version__} has no inductor setting {', '.join(missing)}"
+                    print(results[name], flush=True)
+                    continue
                 fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
-                              "compiled_graph[pdl]", inductor={"triton.enable_pdl": True})
-            else:
-                results["pdl"] = f"torch {torch.__version__} has no inductor.config.triton.enable_pdl"
-                print(results["pdl"], flush=True)
+                              name, inductor=config)
         if args.max_autotune and not args.skip_compile:
             if args.autotune_gemm_only:
                 import torch._inductor.config as inductor_config
@@ -357,6 +357,18 @@ def main() -> None:
             fresh_variant(results, record, unet, (sample_cl, t, audio), reference_out, first_out, backends[0],
                           "compiled_graph_max_autotune", mode="max-autotune-no-cudagraphs")
     save(results, args.out)
+
+
+def has_inductor_setting(key: str) -> bool:
+    """Whether this torch's inductor config has `key` ("triton.enable_pdl": dotted)."""
+    import torch._inductor.config as inductor_config
+
+    node = inductor_config
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return False
+        node = getattr(node, part)
+    return True
 
 
 def rel_err(out: torch.Tensor, reference: torch.Tensor) -> float:
