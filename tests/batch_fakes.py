@@ -47,7 +47,7 @@ class FakeEngine:
     def __init__(self, device: str):
         self.device = device
 
-    def run(self, video, audio, output, sampling=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None):
         output = Path(output)
         _log(output, f"{output.name} {os.getpid()}")
         if output.name.startswith("fail"):
@@ -61,6 +61,8 @@ class FakeEngine:
         if output.name.startswith("nested"):
             _run_a_child()
         output.write_text(f"{self.device} {os.getpid()}")
+        if landmarks_cache is not None:  # what the job was given to keep its video's landmarks in
+            Path(landmarks_cache).write_text(output.name)
         return FakeReport(f"wrote {output.name} in pid {os.getpid()}")
 
 

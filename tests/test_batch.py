@@ -1,4 +1,5 @@
 import json
+import tempfile
 import wave
 
 import pytest
@@ -37,7 +38,7 @@ class _FakeEngine:
     def __init__(self, fail_on):
         self.fail_on, self.calls = fail_on, []
 
-    def run(self, video, audio, output, sampling=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None):
         self.calls.append(output)
         if output.name == self.fail_on:
             raise InputError("broken", video)
@@ -72,3 +73,31 @@ def test_batch_cli_runs_two_jobs_with_one_engine(tmp_path, assets_dir):
     assert (tmp_path / "one.mp4").stat().st_size > 0
     assert (tmp_path / "two.mp4").stat().st_size > 0
     assert not (tmp_path / "three.mp4").exists()
+
+
+def test_jobs_on_one_video_detect_its_faces_once(tmp_path, assets_dir, monkeypatch):
+    from job_clips import source_frames, trim_wav, write_clip
+
+    from fastsync.face.dlib_backend import DlibLandmarker
+
+    write_clip(tmp_path / "talk.mp4", source_frames(assets_dir / "demo1_video.mp4", 10, size=(270, 480)))
+    trim_wav(assets_dir / "demo2_audio.wav", tmp_path / "de.wav", 0.6)  # 15 frames: the 10 looped
+    trim_wav(assets_dir / "demo3_audio.wav", tmp_path / "fr.wav", 0.6)
+    (tmp_path / "jobs.csv").write_text("video,audio,output\ntalk.mp4,de.wav,de.mp4\ntalk.mp4,fr.wav,fr.mp4\n")
+    detected = []
+    detect = DlibLandmarker.detect
+    monkeypatch.setattr(DlibLandmarker, "detect", lambda self, frame: detected.append(1) or detect(self, frame))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tiny = ["--random-weights", "--model-size", "tiny", "--device", "cpu", "--steps", "2", "--face-backend", "dlib"]
+
+    assert main(["batch", str(tmp_path / "jobs.csv"), *tiny]) == 0
+    assert len(detected) == 10  # each source frame once, for both jobs
+    assert list((tmp_path / "tmp").iterdir()) == []  # the batch's own landmark folder is gone
+
+    kept = tmp_path / "landmarks"
+    for expected in (10, 0):  # a second batch finds the first one's landmarks
+        detected.clear()
+        assert main(["batch", str(tmp_path / "jobs.csv"), *tiny, "--overwrite", "--landmarks-dir", str(kept)]) == 0
+        assert len(detected) == expected
+    assert [p.name.split("-")[0] for p in kept.iterdir()] == ["talk"]

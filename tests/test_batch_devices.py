@@ -28,7 +28,7 @@ from job_clips import QUICK, expected_frames, inspect, trim_wav, wav_samples
 from test_sigterm import _gone, _processes_with  # finds a run's processes by a marker in their environment
 
 from fastsync import api, cli, devices
-from fastsync.batch import BatchJob
+from fastsync.batch import BatchJob, landmark_files
 from fastsync.batch_devices import _cpu_share, run_batch_on_devices
 from fastsync.engine import EngineOptions
 from fastsync.errors import FastsyncError
@@ -62,6 +62,18 @@ def test_every_job_runs_once_and_a_held_job_does_not_hold_back_the_others(tmp_pa
     assert started["hold-6.mp4"] != started["a.mp4"]  # ...while the other held the first
     assert re.search(r"\] cpu#[01]: wrote hold-6.mp4", "\n".join(lines))  # the device is named
     assert lines[-1] == "batch: 7 done, 0 skipped, 0 failed"
+
+
+def test_each_job_gets_its_videos_landmark_file(tmp_path):
+    jobs = [BatchJob(tmp_path / f"{name}.mp4", tmp_path / "a.wav", tmp_path / f"{name}-out.mp4")
+            for name in ("first", "second")]
+    with landmark_files(jobs, tmp_path / "landmarks") as jobs:
+        result = run_batch_on_devices(EngineOptions(), jobs, TWO_CPUS, echo=lambda line: None,
+                                      engine_factory=batch_fakes.make_engine)
+    assert result == (2, 0, 0)
+    made = {path.read_text(): path.name for path in (tmp_path / "landmarks").iterdir()}
+    assert made.keys() == {"first-out.mp4", "second-out.mp4"}  # one file per video, in the folder given
+    assert made["first-out.mp4"].startswith("first-") and made["second-out.mp4"].startswith("second-")
 
 
 def test_failures_are_reported_with_the_device_and_existing_outputs_skipped(tmp_path):

@@ -6,13 +6,21 @@ reported and skipped — its output is never half-written — and the others go 
 exit status says whether all succeeded. A job whose output already exists is skipped
 unless --overwrite is given, so an interrupted batch can simply be run again. With
 --devices, fastsync.batch_devices runs the jobs on several devices by the same rules.
+
+Jobs on one video (dubbing it into several languages) detect its faces once: each video
+gets a landmark file (fastsync.face.cache) for the batch's lifetime, or kept in
+--landmarks-dir between batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastsync.errors import FastsyncError, InputError
@@ -25,6 +33,30 @@ class BatchJob:
     video: Path
     audio: Path
     output: Path
+    landmarks: Path | None = None  # the video's landmark file (None: detect its faces afresh)
+
+
+@contextlib.contextmanager
+def landmark_files(jobs: list[BatchJob], folder: Path | None = None) -> Iterator[list[BatchJob]]:
+    """`jobs` with a landmark file per video in `folder`, where they stay; without a folder,
+    in a temporary one removed at the end. A file names the video it was made from and is
+    checked against the video's content before use, so a stale or foreign one is redone."""
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fastsync-landmarks-")))
+        else:
+            folder = Path(folder)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create the landmarks folder: {exc.strerror}", folder) from None
+        yield [replace(job, landmarks=folder / _landmark_name(job.video)) for job in jobs]
+
+
+def _landmark_name(video: Path) -> str:
+    """One name per video path (jobs list the same path again); readable, and unique by a hash."""
+    where = hashlib.sha256(str(Path(video).resolve()).encode()).hexdigest()[:12]
+    return f"{Path(video).stem}-{where}.json"
 
 
 def read_jobs(path: Path) -> list[BatchJob]:
@@ -66,7 +98,7 @@ def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = 
             skipped += 1
             continue
         try:
-            report = engine.run(job.video, job.audio, job.output, sampling=sampling)
+            report = engine.run(job.video, job.audio, job.output, sampling=sampling, landmarks_cache=job.landmarks)
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
             failed += 1

@@ -49,15 +49,20 @@ def _add_app_options(p: argparse.ArgumentParser) -> None:
                    help="folder for job outputs and landmark caches (default: a new temp folder)")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     g.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
     g.add_argument("--seed", type=int, default=1247, help="noise seed (default 1247, as the reference)")
     g.add_argument("--deepcache-interval", type=int, default=3, help="DeepCache interval; 0 = off (default 3)")
     _add_mode_options(g)
-    g.add_argument("--landmarks-cache", type=Path, default=None,
-                   help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
+    if batch:  # jobs on one video share its landmarks anyway; this keeps them for later batches
+        g.add_argument("--landmarks-dir", type=Path, default=None,
+                       help="folder keeping each video's face landmarks between batches (default: kept for this "
+                            "batch only; jobs on one video detect its faces once either way)")
+    else:
+        g.add_argument("--landmarks-cache", type=Path, default=None,
+                       help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread the jobs over several devices, one engine each: cuda:0,cuda:1 or all "
                         "(every visible GPU), or cpu,cpu (CPU workers)")
     _add_model_options(p)
-    _add_run_options(p)
+    _add_run_options(p, batch=True)
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("app", help="serve a web UI (gradio) that lip-syncs uploads; loads the models once")
@@ -124,7 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
-    from fastsync.batch import read_jobs, run_batch
+    from fastsync.batch import landmark_files, read_jobs, run_batch
 
     jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
     sampling = sampling_from_args(args)
@@ -132,13 +137,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
         args = argparse.Namespace(**{**vars(args), "device": devices[0]})
     options = engine_options_from_args(args)
-    if devices is not None:  # one device of them runs in this process, as without --devices
-        from fastsync.batch_devices import run_batch_on_devices
+    with landmark_files(jobs, args.landmarks_dir) as jobs:
+        if devices is not None:  # one device of them runs in this process, as without --devices
+            from fastsync.batch_devices import run_batch_on_devices
 
-        _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite)
-    else:
-        engine = LipSync.from_options(options)
-        _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
+            _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite)
+        else:
+            engine = LipSync.from_options(options)
+            _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
     return 1 if failed else 0
 
 
