@@ -101,3 +101,15 @@ def test_jobs_on_one_video_detect_its_faces_once(tmp_path, assets_dir, monkeypat
         assert main(["batch", str(tmp_path / "jobs.csv"), *tiny, "--overwrite", "--landmarks-dir", str(kept)]) == 0
         assert len(detected) == expected
     assert [p.name.split("-")[0] for p in kept.iterdir()] == ["talk"]
+
+
+def test_a_landmarks_dir_that_cannot_be_made_fails_before_the_models_load(tmp_path, capsys, monkeypatch):
+    from fastsync import api
+
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: pytest.fail("the models were loaded"))
+    (tmp_path / "jobs.csv").write_text("video,audio,output\nv.mp4,a.wav,o.mp4\n")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code = main(["batch", str(tmp_path / "jobs.csv"), "--landmarks-dir", str(tmp_path / "taken"),
+                 "--random-weights", "--model-size", "tiny", "--device", "cpu"])
+    assert code == 2
+    assert f"{tmp_path / 'taken'}: cannot create the landmarks folder" in capsys.readouterr().err
