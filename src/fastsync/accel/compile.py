@@ -67,6 +67,9 @@ def configure_inductor(cache_dir: str | None = None) -> None:
     # not finished after about 6 minutes, against 74 s without it
     # (bench/results/unet_h100_coordinate_descent.json).
     inductor.coordinate_descent_tuning = False
+    # Programmatic dependent launch of those kernels (triton.enable_pdl) stays at torch's
+    # default, off: on an H100 the forward took 93.5 ms with it against 93.1 ms without
+    # (bench/results/unet_h100_pdl.json).
     if not kernel_tuning():
         inductor.triton.autotune_pointwise = False
         # reductions: inductor's filter down to one config, a test switch of torch's (torch
