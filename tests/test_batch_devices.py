@@ -29,7 +29,8 @@ from test_sigterm import _gone, _processes_with  # finds a run's processes by a 
 
 from fastsync import api, cli, devices
 from fastsync.batch import BatchJob, landmark_files
-from fastsync.batch_devices import _cpu_share, run_batch_on_devices
+from fastsync.batch_devices import run_batch_on_devices
+from fastsync.devices import cpu_share
 from fastsync.engine import EngineOptions
 from fastsync.errors import FastsyncError
 
@@ -219,7 +220,7 @@ def clip(tmp_path_factory, assets_dir):
 @pytest.fixture
 def threads_of_a_cpu_worker():
     before = torch.get_num_threads()
-    torch.set_num_threads(_cpu_share(TWO_CPUS))
+    torch.set_num_threads(cpu_share(TWO_CPUS))
     yield
     torch.set_num_threads(before)
 

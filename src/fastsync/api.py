@@ -26,6 +26,13 @@ class LipSync:
         self.components = components
         self.load_seconds = load_seconds
         self.warmed = False
+        self.devices = None  # the further devices' workers (EngineOptions.chunk_devices), from the first run
+
+    def close(self) -> None:
+        """Stop the further devices' worker processes, if any (they also end with this process)."""
+        if self.devices is not None:
+            self.devices.close()
+            self.devices = None
 
     @classmethod
     def load(cls, **engine_options) -> LipSync:
@@ -35,6 +42,10 @@ class LipSync:
     @classmethod
     def from_options(cls, options: EngineOptions) -> LipSync:
         started = time.perf_counter()
+        if options.chunk_devices:  # checked before anything loads
+            from fastsync.devices import parse_devices
+
+            parse_devices([str(pick_device(options.device)), *options.chunk_devices])
         with device_memory_errors(pick_device(options.device), options.mode, "loading the models"):
             components = load_components(options)
         return cls(components, time.perf_counter() - started)
@@ -61,11 +72,19 @@ class LipSync:
         their top ops come back in the report (what `fastsync profile` uses). `on_progress`:
         called as (stage, frames done, frames in the job) whenever a stage moves on; it runs
         on worker threads, so it must be quick and thread-safe (the web UI's bar uses it)."""
+        sampling = sampling or SamplingOptions()
         if not self.warmed:  # nothing to do on a CPU or in reference mode
             self.warm_up(sampling)
-        job = Job(self.components, sampling or SamplingOptions(), progress=progress, clock=clock,
+        if self.components.options.chunk_devices and self.devices is None:
+            from fastsync.job_devices import ChunkDevices
+
+            # after this process's warm-up: the workers load its compiled blocks from disk
+            self.devices = ChunkDevices(self.components.options, list(self.components.options.chunk_devices),
+                                        sampling)
+        job = Job(self.components, sampling, progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
-                  host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress)
+                  host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress,
+                  devices=self.devices)
         with device_memory_errors(self.components.device, self.components.options.mode, f"lip-syncing {Path(video).name}"):
             return job.run(Path(video), Path(audio), Path(output))
 
@@ -91,13 +110,30 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
 def run_from_args(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)  # validate options and inputs before loading anything
     check_inputs(args.video, args.audio, args.output)
+    overrides = _devices_options(args)
     clock = stages.StageClock()
     with clock.stage(stages.INIT):
-        engine = LipSync.from_options(engine_options_from_args(args))
-    report = engine.run(args.video, args.audio, args.output, sampling=sampling, progress=True, clock=clock,
-                        landmarks_cache=args.landmarks_cache)
+        engine = LipSync.from_options(engine_options_from_args(args, **overrides))
+    try:
+        report = engine.run(args.video, args.audio, args.output, sampling=sampling, progress=True, clock=clock,
+                            landmarks_cache=args.landmarks_cache)
+    finally:
+        engine.close()
     print(report.summary())
     return 0
+
+
+def _devices_options(args: argparse.Namespace) -> dict:
+    """`run --devices a,b,c`: the engine on a, workers on b and c (checked before any load)."""
+    if getattr(args, "devices", None) is None:
+        return {}
+    if args.device is not None:
+        raise FastsyncError("run got both --device and --devices",
+                            hint="give one: --device cuda:1 for one GPU, --devices cuda:0,cuda:1 for several")
+    from fastsync.devices import parse_devices
+
+    devices = parse_devices(args.devices)
+    return {"device": devices[0], "chunk_devices": tuple(devices[1:])}
 
 
 def warmup_from_args(args: argparse.Namespace) -> int:

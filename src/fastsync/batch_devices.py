@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from fastsync.batch import BatchJob, run_batch
 from fastsync.batch_worker import load_engine, worker_main
-from fastsync.devices import parse_devices
+from fastsync.devices import cpu_share, device_labels, parse_devices
 from fastsync.spawning import start_without_main_script
 
 if TYPE_CHECKING:
@@ -83,8 +82,8 @@ class _Worker:
 
 def _start_workers(options, devices: list[str], factory, sampling, workers: list[_Worker]) -> None:
     ctx = multiprocessing.get_context("spawn")
-    threads = _cpu_share(devices)
-    for label, device in zip(_labels(devices), devices):
+    threads = cpu_share(devices)
+    for label, device in zip(device_labels(devices), devices):
         mine, theirs = ctx.Pipe()
         args = (dataclasses.replace(options, device=device), factory, sampling,
                 threads if device == "cpu" else None, theirs)
@@ -95,17 +94,6 @@ def _start_workers(options, devices: list[str], factory, sampling, workers: list
             start_without_main_script(process)
         theirs.close()  # only the worker holds its end now: when it dies, ours reads end-of-file
         workers.append(_Worker(label, process, mine))
-
-
-def _labels(devices: list[str]) -> list[str]:
-    return [f"{d}#{devices[:i].count(d)}" if devices.count(d) > 1 else d for i, d in enumerate(devices)]
-
-
-def _cpu_share(devices: list[str]) -> int:
-    """Intra-op threads per CPU worker: an equal share of the cores, as each worker's torch
-    would otherwise start one thread per core and the workers would fight over them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, devices.count("cpu")))
 
 
 def _stop(workers: list[_Worker], graceful: bool) -> None:

@@ -30,9 +30,9 @@ def load_engine(options):
 def worker_main(options, factory, sampling, threads: int | None, conn) -> None:
     """Entry point of the worker process. `threads`: torch's intra-op threads (CPU workers
     share the cores), or None to keep the library default."""
-    _worker_signals()
+    worker_signals()
     try:
-        engine = _load(options, factory, threads, conn)
+        engine = load_ready(options, factory, threads, conn)
         if engine is not None:
             _serve(engine, sampling, conn)
     except (KeyboardInterrupt, BrokenPipeError, EOFError):
@@ -41,7 +41,7 @@ def worker_main(options, factory, sampling, threads: int | None, conn) -> None:
         conn.close()
 
 
-def _worker_signals() -> None:
+def worker_signals() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the batch process alone
     # decides, and stops the workers with SIGTERM. SIGTERM unwinds the job like Ctrl-C, so
     # the engine's writer removes its temporary file and its host workers are aborted.
@@ -53,21 +53,23 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _load(options, factory, threads, conn):
+def load_ready(options, factory, threads, conn):
+    """The worker's engine on its device, then ("ready",) on `conn`; ("unusable", text) and None
+    when it cannot be loaded."""
     try:
-        _use_device(options.device, threads)
+        use_device(options.device, threads)
         engine = factory(options)
     except FastsyncError as exc:
         conn.send(("unusable", str(exc)))
         return None
     except Exception as exc:
-        conn.send(("unusable", _describe(exc)))
+        conn.send(("unusable", describe(exc)))
         return None
     conn.send(("ready",))
     return engine
 
 
-def _use_device(device: str, threads: int | None) -> None:
+def use_device(device: str, threads: int | None) -> None:
     import torch
 
     if threads is not None:
@@ -87,12 +89,12 @@ def _serve(engine, sampling, conn) -> None:
             continue
         except Exception as exc:
             traceback.print_exception(exc, file=sys.stderr)  # the whole story, for whoever reads the log
-            conn.send(("crashed", number, _describe(exc)))
+            conn.send(("crashed", number, describe(exc)))
             return
         conn.send(("done", number, report.summary()))
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """An unexpected error with the place it came from: the batch process prints it."""
     where = traceback.extract_tb(exc.__traceback__)[-1:] or [None]
     place = "" if where[0] is None else f" (at {where[0].filename}:{where[0].lineno})"

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, required=True)
     p.add_argument("--audio", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--devices", default=None,
+                   help="denoise the job's chunks on several devices, one engine each: cuda:0,cuda:1 or all "
+                        "(every visible GPU); decoding, paste-back and encoding stay one pipeline")
     _add_model_options(p)
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)

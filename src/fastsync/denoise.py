@@ -97,6 +97,16 @@ class ChunkDenoiser:
         eps = torch.randn(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
         return mean + std * eps
 
+    def skip(self, frames: int) -> None:
+        """Consume the random numbers a chunk of `frames` frames draws, without denoising it:
+        a job's chunks denoised on another device (fastsync.job_devices) leave this
+        generator where denoising them here would have left it. Only the VAE posterior
+        draws per chunk, two (F, 4, h, w) tensors in the VAE's dtype (fp16 fast mode,
+        ChunkDenoiser's dtype either way); the values are not needed, only the state."""
+        shape = (frames, 4, self.latent_size, self.latent_size)
+        for _ in range(2):  # the masked faces', then the reference faces'
+            torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+
     def _micro_batches(self, x: torch.Tensor, fn) -> list:
         """fn over fixed-size slices of x; a short last slice is zero-padded and the padding
         dropped, so compiled VAE regions always see one shape (frames are independent)."""

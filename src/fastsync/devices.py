@@ -7,6 +7,7 @@ several workers, but a GPU may not: two engines on one GPU only split its memory
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -90,3 +91,15 @@ def make_current(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+
+
+def device_labels(devices: list[str]) -> list[str]:
+    """Names for messages: a CPU listed several times gets #k."""
+    return [f"{d}#{devices[:i].count(d)}" if devices.count(d) > 1 else d for i, d in enumerate(devices)]
+
+
+def cpu_share(devices: list[str]) -> int:
+    """Intra-op threads per CPU worker: an equal share of the cores, as each worker's torch
+    would otherwise start one thread per core and the workers would fight over them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, devices.count("cpu")))

@@ -122,6 +122,9 @@ class EngineOptions:
     mode: str = "fast"  # "fast" | "reference"
     dtype: str | None = None  # None = the mode's rule; or "float32" / "float16" / "bfloat16"
     seed: int = 0  # weights seed for --random-weights (the noise seed is a run option)
+    # Further devices that denoise a job's chunks beside `device`, one worker process each
+    # with its own copy of the models (fastsync.job_devices; `fastsync run --devices`).
+    chunk_devices: tuple[str, ...] = ()
     fast: FastOptions = field(default_factory=FastOptions)
 
     def __post_init__(self):

@@ -24,6 +24,7 @@ GPU work: worker threads queue none.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
 from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
+from fastsync.job_devices import ChunkDevices, ChunkRouter, RemoteFaces
 from fastsync.progress import Progress, ProgressCallback
 from fastsync.timeline import ChunkTimeline
 from fastsync.transfer import Download
@@ -59,6 +61,8 @@ class JobReport:
     host_top_ops: dict[str, list[dict]] | None = None
     # when the model's device worked on each chunk, and its idle time (fastsync.timeline)
     timeline: dict = field(default_factory=dict)
+    # a job over several devices (fastsync.job_devices): the chunks each one denoised
+    chunks_per_device: dict[str, int] | None = None
 
     @property
     def fps(self) -> float:
@@ -70,6 +74,8 @@ class JobReport:
             text += f"; {self.frames_without_face} frame(s) had no face and were kept unchanged"
         if self.frames_with_several_faces:
             text += f"; {self.frames_with_several_faces} frame(s) had several faces: the largest was used"
+        if self.chunks_per_device:
+            text += "; chunks denoised on " + ", ".join(f"{d}: {n}" for d, n in self.chunks_per_device.items())
         return text
 
 
@@ -139,11 +145,28 @@ def check_inputs(video: Path, audio: Path, output: Path) -> None:
     load_job_audio(audio)
 
 
+def make_denoiser(c: Components, sampling: SamplingOptions) -> ChunkDenoiser:
+    """A job's chunk denoiser on the engine's device, in the engine's mode (its generator and
+    initial noise are the job's; a device worker builds one per job too)."""
+    from fastsync.accel.predictor import make_predictor
+
+    fast = c.options.mode == "fast"
+    predict, on_chunk_start = make_predictor(c, sampling)
+    return ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, sampling, device=c.device, dtype=c.dtype,
+                         batch_vae=fast and c.options.fast.batch_vae,
+                         vae_micro_batch=c.options.fast.vae_micro_batch if fast else 0,
+                         on_chunk_start=on_chunk_start, max_queued=c.options.fast.max_queued if fast else 0)
+
+
 class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
                  clock: stages.StageClock | None = None, landmarks_cache: Path | None = None,
-                 host_profile: Path | None = None, on_progress: ProgressCallback | None = None):
+                 host_profile: Path | None = None, on_progress: ProgressCallback | None = None,
+                 devices: ChunkDevices | None = None):
         self.c = components
+        self.devices = devices  # further devices that denoise some of the chunks (fastsync.job_devices)
+        labels = [str(components.device)] if devices is None else [devices.own_label, *devices.labels]
+        self._router = ChunkRouter(labels)
         self.host_profile = host_profile  # where host worker processes write their CPU traces
         self.sampling = sampling
         self.fast = components.options.mode == "fast"
@@ -184,6 +207,8 @@ class Job:
         self._features = audio
         n = audio.num_frames
         self._mouth = (mask_rect(self.c.mask), (info.width, info.height))
+        if self.devices is not None:
+            self.devices.begin_job(self.sampling)
         if host_stages_in_processes(self.c):
             return self._run_in_processes(video, audio_path, output, info, n, started)
 
@@ -215,7 +240,8 @@ class Job:
         cache.save()
         seconds = time.perf_counter() - started
         return JobReport(output, n, seconds, tracker.without_face, tracker.several_faces, self.clock.as_dict(),
-                         self.mouth_boxes, timeline=self.timeline.as_dict(seconds))
+                         self.mouth_boxes, timeline=self.timeline.as_dict(seconds),
+                         chunks_per_device=self._router.counts())
 
     def _run_in_processes(self, video: Path, audio_path: Path, output: Path, info, n: int,
                           started: float) -> JobReport:
@@ -234,16 +260,14 @@ class Job:
         handover = ThreadPoolExecutor(1, thread_name_prefix="hand-over")
         try:
             with HostProcesses(prepare, finish, self.clock, on_written=lambda k: bar.update("write", k)) as host:
-                pending: Future | None = None
+                pending: deque[Future] = deque()
                 for chunk in host.chunks():
                     bar.update("faces", chunk.count)
                     # float16 on a GPU, as the decoder made it: paste-back upcasts it exactly
                     faces = self._denoise(chunk, denoiser, upcast=False)
-                    if pending is not None:
-                        pending.result()  # in order, and surface its errors here
-                    pending = handover.submit(self._hand_over, host, chunk, faces, bar)
-                if pending is not None:
-                    pending.result()
+                    self._keep_in_flight(pending)  # in order, and surface their errors here
+                    pending.append(handover.submit(self._hand_over, host, chunk, faces, bar))
+                self._keep_in_flight(pending, last=True)
                 if host.without_face == n:
                     raise _no_face(video)
                 host.close()
@@ -252,7 +276,8 @@ class Job:
             bar.close()
         seconds = time.perf_counter() - started
         return JobReport(output, n, seconds, host.without_face, host.several_faces, self.clock.as_dict(),
-                         self.mouth_boxes, host.top_ops or None, self.timeline.as_dict(seconds))
+                         self.mouth_boxes, host.top_ops or None, self.timeline.as_dict(seconds),
+                         self._router.counts())
 
     def _host_specs(self, video: Path, audio_path: Path, output: Path, info, n: int):
         from fastsync.host_processes import FinishSpec, PrepareSpec
@@ -297,27 +322,35 @@ class Job:
         return self.c.cache["face_workers"]
 
     def _denoiser(self) -> ChunkDenoiser:
-        from fastsync.accel.predictor import make_predictor
+        return make_denoiser(self.c, self.sampling)
 
-        predict, on_chunk_start = make_predictor(self.c, self.sampling)
-        return ChunkDenoiser(predict, self.c.vae, self.c.scheduler, self.c.mask, self.sampling,
-                             device=self.c.device, dtype=self.c.dtype,
-                             batch_vae=self.fast and self.c.options.fast.batch_vae,
-                             vae_micro_batch=self.c.options.fast.vae_micro_batch if self.fast else 0,
-                             on_chunk_start=on_chunk_start,
-                             max_queued=self.c.options.fast.max_queued if self.fast else 0)
+    def _keep_in_flight(self, pending: deque[Future], last: bool = False) -> None:
+        """Before a chunk joins `pending` (or, `last`, at the end): wait, oldest first, until
+        each denoising device but the one just given a chunk has at most one in flight."""
+        limit = 0 if last else self._router.participants - 1
+        while len(pending) > limit:
+            pending.popleft().result()
 
-    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, upcast: bool = True) -> Download | None:
-        """Queue the chunk's GPU work and its copy back; `_finish` waits for the copy, so this
-        thread goes on to queue the next chunk while the GPU works (see fastsync.transfer)."""
-        faces = None  # no face in the whole chunk: its frames pass through untouched
-        if chunk.faces is not None:
-            audio = self._audio_context(chunk)
-            with self.clock.stage(stages.DENOISE), self.timeline.chunk():
-                # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
-                result = denoiser(chunk.faces, audio)
-                faces = Download(result.float() if upcast else result)
-        return faces
+    def _denoise(self, chunk: Chunk, denoiser: ChunkDenoiser, upcast: bool = True) -> Download | RemoteFaces | None:
+        """Queue the chunk's device work and its copy back, here or on a further device; the
+        result's `.numpy()` waits for it, so this thread goes on to queue the next chunk while
+        the devices work (see fastsync.transfer)."""
+        if chunk.faces is None:  # no face in the whole chunk: its frames pass through untouched
+            return None
+        who, skipped = self._router.take(chunk.count)
+        if who > 0:
+            audio = Download(self._audio_context(chunk))
+            return self.devices.submit(who - 1, chunk.index, skipped, chunk.faces.numpy(), audio, upcast)
+        for frames in skipped:  # chunks the other devices denoise: their random numbers
+            denoiser.skip(frames)
+        return self._denoise_here(chunk, denoiser, upcast)
+
+    def _denoise_here(self, chunk: Chunk, denoiser: ChunkDenoiser, upcast: bool) -> Download:
+        audio = self._audio_context(chunk)
+        with self.clock.stage(stages.DENOISE), self.timeline.chunk():
+            # (F, 3, res, res) in [-1, 1]; paste-back takes it unquantised, as the reference does
+            result = denoiser(chunk.faces, audio)
+            return Download(result.float() if upcast else result)
 
     def _finish(self, chunk: Chunk, pending: Download | None, writer, workers, bar) -> None:
         faces = self._landed(chunk, pending, bar)
@@ -331,20 +364,19 @@ class Job:
 
     def _run_overlapped(self, chunks: Iterator[Chunk], denoiser, writer, workers, bar) -> None:
         """Prepare k+1 and finish k-1 on CPU threads while the GPU denoises chunk k.
-        At most three chunks are alive at once, so memory does not grow with the video."""
+        At most three chunks are alive at once (two more per further denoising device), so
+        memory does not grow with the video."""
         prepare = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         finish = ThreadPoolExecutor(1, thread_name_prefix="finish")
-        pending: Future | None = None
+        pending: deque[Future] = deque()
         try:
             upcoming = prepare.submit(next, chunks, None)
             while (chunk := upcoming.result()) is not None:
                 upcoming = prepare.submit(next, chunks, None)
                 faces = self._denoise(chunk, denoiser)
-                if pending is not None:
-                    pending.result()  # keep output order, and surface errors
-                pending = finish.submit(self._finish, chunk, faces, writer, workers, bar)
-            if pending is not None:
-                pending.result()
+                self._keep_in_flight(pending)  # keep output order, and surface errors
+                pending.append(finish.submit(self._finish, chunk, faces, writer, workers, bar))
+            self._keep_in_flight(pending, last=True)
         finally:
             prepare.shutdown(wait=True, cancel_futures=True)
             finish.shutdown(wait=True, cancel_futures=True)
