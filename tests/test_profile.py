@@ -227,6 +227,32 @@ def test_gpu_time_is_counted_once(monkeypatch):
     assert [r["name"] for r in rows] == ["aten::mm", "aten::add"]
 
 
+def test_a_cpu_job_on_a_gpu_machine_is_reported_as_a_cpu_job(monkeypatch):
+    """`fastsync profile --device cpu` where CUDA is available: the job's device, not the
+    machine, decides the op ranking, the device named and the verdict's wording."""
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [SimpleNamespace(key="aten::conv2d", count=3, device_type=cpu, is_user_annotation=False,
+                              self_cpu_time_total=900_000, self_device_time_total=0),
+              SimpleNamespace(key="stray_kernel", count=1, device_type=gpu, is_user_annotation=False,
+                              self_cpu_time_total=0, self_device_time_total=5_000)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: pytest.fail("a CPU job read GPU memory"))
+    args = SimpleNamespace(video="v.mp4", audio="a.wav", version="1.6", model_size="tiny", random_weights=True,
+                           steps=2, guidance=1.5, seed=1, deepcache_interval=3)
+    timeline = {"wall_s": 2.0, "busy_s": 1.9, "idle_before_first_s": 0.05, "idle_between_s": 0.0,
+                "idle_after_last_s": 0.05, "chunks": []}
+    job = SimpleNamespace(frames=27, timeline=timeline, host_top_ops=None, output="o.mp4", frames_without_face=0)
+    r = report_module.build_report(mode="fast", args=args, clock=stages.StageClock(), one_time={}, job_wall_s=2.0,
+                                   job=job, prof=SimpleNamespace(key_averages=lambda: events),
+                                   host_peak_rss_bytes=0, quality=None, dtype="torch.float32",
+                                   host_stages="threads", device=torch.device("cpu"))
+    assert [op["name"] for op in r["top_ops"]] == ["aten::conv2d"]  # by CPU time, not by kernel time
+    assert r["environment"]["device"].startswith("CPU")
+    assert r["verdict"].startswith("The CPU was busy 1.90 s")
+    assert r["peak_memory_bytes"]["allocated"] == 0
+    assert "The profiler waits for the GPU" not in report_module.to_markdown(r)
+
+
 def test_quality_against_the_reference_output(profiled):
     assert profiled["reports"]["reference"]["quality"] is None  # no --reference-output given
     fast = profiled["reports"]["fast"]

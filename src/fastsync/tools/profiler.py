@@ -64,11 +64,12 @@ def profile_run(args: argparse.Namespace) -> dict:
     # the load's parts (UNet, VAE, whisper, ...), so a slow load says which part is slow
     one_time.update({f"{stages.INIT}/{part}": s for part, s in engine.components.load_timings.items()})
     one_time.update(engine.warm_up(sampling))
+    device = engine.components.device
     one_time_peak = None
-    if torch.cuda.is_available():  # the job's own peak, below; the load's and warm-up's apart
-        torch.cuda.synchronize()
-        one_time_peak = torch.cuda.max_memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":  # the job's own peak, below; the load's and warm-up's apart
+        torch.cuda.synchronize(device)
+        one_time_peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
     trace_dir = out_dir / "trace"
     with torch.profiler.profile(activities=_activities(), experimental_config=_all_threads_config(),
@@ -89,7 +90,7 @@ def profile_run(args: argparse.Namespace) -> dict:
         mode=args.mode, args=args, clock=clock, one_time=one_time, job_wall_s=job_wall, job=report,
         prof=prof, host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         quality=quality, dtype=str(engine.components.dtype), one_time_peak_allocated=one_time_peak,
-        host_stages=_host_stages(args.mode, engine.components),
+        host_stages=_host_stages(args.mode, engine.components), device=device,
     )
     write_report(result, out_dir)
     return result

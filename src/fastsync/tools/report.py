@@ -15,9 +15,9 @@ from fastsync import stages
 TOP_OPS = 20
 
 
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
@@ -61,13 +61,16 @@ def _top_ops(prof, by_device: bool | None = None) -> tuple[list[dict], float, fl
 
 
 def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_peak_rss_bytes, quality, dtype,
-                 host_stages: str, one_time_peak_allocated: int | None = None) -> dict:
-    top_ops, total_cpu, total_cuda = _top_ops(prof)
+                 host_stages: str, device: torch.device, one_time_peak_allocated: int | None = None) -> dict:
+    """`device`: the job's. Its kind, not whether this machine has a GPU, decides what the
+    report ranks and names: a `--device cpu` job on a GPU machine is a CPU job."""
+    on_gpu = device.type == "cuda"
+    top_ops, total_cpu, total_cuda = _top_ops(prof, by_device=on_gpu)
     steady = {k: v for k, v in clock.as_dict().items() if k != stages.INIT}
     # The job's peak; the load and warm-up (compilation, graph capture) peak apart.
     memory = {"allocated": 0, "reserved": 0, "one_time_allocated": one_time_peak_allocated}
-    if torch.cuda.is_available():
-        memory.update(allocated=torch.cuda.max_memory_allocated(), reserved=torch.cuda.max_memory_reserved())
+    if on_gpu:
+        memory.update(allocated=torch.cuda.max_memory_allocated(device), reserved=torch.cuda.max_memory_reserved(device))
     return {
         "mode": mode,
         "inputs": {"video": str(args.video), "audio": str(args.audio)},
@@ -90,14 +93,14 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
         "top_ops": top_ops,
         # when the device worked on each chunk, its idle time, and what that says
         "timeline": job.timeline,
-        "verdict": _verdict(job.timeline, host_stages),
+        "verdict": _verdict(job.timeline, "GPU" if on_gpu else "CPU", host_stages),
         # with the host stages in worker processes: each worker's own top CPU ops
         "host_top_ops": job.host_top_ops,
         "quality": quality,
         "output": str(Path(job.output).resolve()),
         "frames_without_face": job.frames_without_face,
         "environment": {
-            "device": _device_name(),
+            "device": _device_name(device),
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "fastsync": fastsync.__version__,
@@ -107,12 +110,12 @@ def build_report(*, mode, args, clock, one_time, job_wall_s, job, prof, host_pea
     }
 
 
-def _verdict(timeline: dict, host_stages: str) -> str | None:
+def _verdict(timeline: dict, device: str, host_stages: str) -> str | None:
     from fastsync.timeline import verdict
 
     if not timeline:
         return None
-    return verdict(timeline, "GPU" if torch.cuda.is_available() else "CPU", host_stages)
+    return verdict(timeline, device, host_stages)
 
 
 def _gb(n) -> str:
