@@ -140,17 +140,24 @@ def test_a_second_engine_on_the_gpu_makes_the_chunks_of_the_first(tmp_path, clip
     each process picks its own kernels; frames compared decoded."""
     from job_clips import decode_rgb
 
+    from fastsync.face.cache import LandmarkCache
+
     video, audio = clip
     sampling = SamplingOptions(steps=2)
     fast = FastOptions(x264_threads=1)
     one = api.LipSync.from_options(EngineOptions(device="cuda:0", fast=fast, **TINY))
-    one.run(video, audio, tmp_path / "one.mp4", sampling=sampling)
+    # The GPU machine has no face model: every frame gets the first frame's landmarks (dlib's on the demo)
+    landmarks = LandmarkCache(tmp_path / "faces.json", video, one.components.landmarker.name)
+    for frame in range(200):
+        landmarks.put(frame, [[560.0, 654.0], [655.0, 667.0], [595.0, 720.0]], 1)
+    landmarks.save()
+    one.run(video, audio, tmp_path / "one.mp4", sampling=sampling, landmarks_cache=landmarks.path)
     options = EngineOptions(device="cuda:0", fast=fast, **TINY)
     two = api.LipSync.from_options(options)
     two.warm_up(sampling)
     two.devices = ChunkDevices(options, ["cuda:0"], sampling)
     try:
-        report = two.run(video, audio, tmp_path / "two.mp4", sampling=sampling)
+        report = two.run(video, audio, tmp_path / "two.mp4", sampling=sampling, landmarks_cache=landmarks.path)
     finally:
         two.close()
     assert report.chunks_per_device == {"cuda:0#0": 1, "cuda:0#1": 1}
