@@ -116,19 +116,20 @@ def test_a_worker_that_dies_fails_the_job_and_leaves_no_output(tmp_path, clip):
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--device", "cpu", "--devices", "cpu,cpu"], "run got both --device and --devices"),
-    (["--devices", "cpu,,cpu"], "has an empty entry"),
+@pytest.mark.parametrize("command,flags,message", [
+    ("run", ["--device", "cpu", "--devices", "cpu,cpu"], "run got both --device and --devices"),
+    ("run", ["--devices", "cpu,,cpu"], "has an empty entry"),
+    ("app", ["--device", "cpu", "--devices", "cpu,cpu"], "app got both --device and --devices"),
 ])
-def test_bad_devices_fail_before_anything_loads(tmp_path, clip, monkeypatch, capsys, flags, message):
+def test_bad_devices_fail_before_anything_loads(tmp_path, clip, monkeypatch, capsys, command, flags, message):
     video, audio = clip
 
     def must_not_load(options):
         raise AssertionError("a model was loaded before --devices was checked")
 
     monkeypatch.setattr(api, "load_components", must_not_load)
-    argv = ["run", "--video", str(video), "--audio", str(audio), "--output", str(tmp_path / "o.mp4"),
-            "--random-weights", "--model-size", "tiny", *flags]
+    inputs = ["--video", str(video), "--audio", str(audio), "--output", str(tmp_path / "o.mp4")]
+    argv = [command, *(inputs if command == "run" else []), "--random-weights", "--model-size", "tiny", *flags]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 

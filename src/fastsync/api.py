@@ -28,6 +28,16 @@ class LipSync:
         self.warmed = False
         self.devices = None  # the further devices' workers (EngineOptions.chunk_devices), from the first run
 
+    def start_devices(self, sampling: SamplingOptions | None = None) -> None:
+        """Start the further devices' workers (EngineOptions.chunk_devices) now, not at the
+        first run; each loads and warms up its own engine. Call after `warm_up`: the workers
+        then load this process's compiled blocks from disk instead of compiling them again."""
+        chunk_devices = self.components.options.chunk_devices
+        if chunk_devices and self.devices is None:
+            from fastsync.job_devices import ChunkDevices
+
+            self.devices = ChunkDevices(self.components.options, list(chunk_devices), sampling or SamplingOptions())
+
     def close(self) -> None:
         """Stop the further devices' worker processes, if any (they also end with this process)."""
         if self.devices is not None:
@@ -75,12 +85,7 @@ class LipSync:
         sampling = sampling or SamplingOptions()
         if not self.warmed:  # nothing to do on a CPU or in reference mode
             self.warm_up(sampling)
-        if self.components.options.chunk_devices and self.devices is None:
-            from fastsync.job_devices import ChunkDevices
-
-            # after this process's warm-up: the workers load its compiled blocks from disk
-            self.devices = ChunkDevices(self.components.options, list(self.components.options.chunk_devices),
-                                        sampling)
+        self.start_devices(sampling)
         job = Job(self.components, sampling, progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
                   host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress,
@@ -110,7 +115,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
 def run_from_args(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)  # validate options and inputs before loading anything
     check_inputs(args.video, args.audio, args.output)
-    overrides = _devices_options(args)
+    overrides = devices_options(args)
     clock = stages.StageClock()
     with clock.stage(stages.INIT):
         engine = LipSync.from_options(engine_options_from_args(args, **overrides))
@@ -123,12 +128,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _devices_options(args: argparse.Namespace) -> dict:
-    """`run --devices a,b,c`: the engine on a, workers on b and c (checked before any load)."""
+def devices_options(args: argparse.Namespace) -> dict:
+    """`--devices a,b,c` (run, app): the engine on a, workers on b and c; checked before any load."""
     if getattr(args, "devices", None) is None:
         return {}
     if args.device is not None:
-        raise FastsyncError("run got both --device and --devices",
+        raise FastsyncError(f"{args.command} got both --device and --devices",
                             hint="give one: --device cuda:1 for one GPU, --devices cuda:0,cuda:1 for several")
     from fastsync.devices import parse_devices
 

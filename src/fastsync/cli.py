@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("app", help="serve a web UI (gradio) that lip-syncs uploads; loads the models once")
+    p.add_argument("--devices", default=None,
+                   help="denoise each job's chunks on several devices, one engine each: cuda:0,cuda:1 or all")
     _add_model_options(p)
     _add_mode_options(p.add_argument_group("mode"))
     _add_app_options(p)
