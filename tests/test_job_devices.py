@@ -116,6 +116,12 @@ def test_a_worker_that_dies_fails_the_job_and_leaves_no_output(tmp_path, clip):
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
 
 
+def test_a_worker_that_cannot_load_names_its_device_and_the_cause(tmp_path):
+    options = EngineOptions(device="cpu", checkpoint_dir=tmp_path / "nowhere", model_size="tiny")
+    with pytest.raises(DeviceWorkerError, match=r"the worker on cpu#1 could not load its engine: .*nowhere"):
+        ChunkDevices(options, ["cpu"], SamplingOptions(steps=2))
+
+
 @pytest.mark.parametrize("command,flags,message", [
     ("run", ["--device", "cpu", "--devices", "cpu,cpu"], "run got both --device and --devices"),
     ("run", ["--devices", "cpu,,cpu"], "has an empty entry"),
