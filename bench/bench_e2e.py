@@ -7,6 +7,9 @@ the same cache, so face *detection* is excluded from both; alignment, warping an
 paste-back are included. Writes a JSON with every figure and the side-by-side ratios.
 
     python -m bench.bench_e2e --video V --audio A --landmarks L --out bench/results/e2e.json
+
+`--chunk-devices cuda:1` adds, after the fast runs, the same job with its chunks also
+denoised on those devices (`run --devices`), and its output against the one-device job's.
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
         print(mode, {k: v for k, v in result["runs"][-1].items() if k not in ("gpu_timeline_s", "progress_events_s")},
               {k: v for k, v in result["runs"][-1]["gpu_timeline_s"].items() if k != "chunks"}, flush=True)
+    if mode == "fast" and args.chunk_devices:
+        result["chunk_devices"] = _on_several_devices(engine, args, sampling, runs, Path(result["output"]))
+    engine.close()
     del engine
     gc.collect()
     torch.cuda.empty_cache()
@@ -118,6 +124,32 @@ class Timeline:
 
     def as_dict(self) -> dict:
         return {stage: {"first": marks[0][0], "last": marks[-1][0]} for stage, marks in self.events.items()}
+
+
+def _on_several_devices(engine, args, sampling: SamplingOptions, runs: int, one_device_output: Path) -> dict:
+    """The same engine's job with its chunks also denoised on `--chunk-devices` (run --devices):
+    the workers' start (load, warm-up from this process's compiled blocks), each run's wall
+    and chunks per device, and the output against the one-device job's."""
+    options = engine.components.options
+    engine.components.options = dataclasses.replace(options, chunk_devices=tuple(args.chunk_devices))
+    started = time.perf_counter()
+    engine.start_devices(sampling)
+    result = {"devices": [engine.devices.own_label, *engine.devices.labels],
+              "workers_ready_s": round(time.perf_counter() - started, 2), "runs": []}
+    for k in range(runs):
+        output = args.work / f"fast_devices_{k}.mp4"
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        report = engine.run(args.video, args.audio, output, sampling=sampling, landmarks_cache=args.landmarks)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+        result["runs"].append({"wall_s": round(wall, 3), "frames_per_s": round(report.frames / wall, 2),
+                               "chunks_per_device": report.chunks_per_device,
+                               "own_device_timeline_s": {k: v for k, v in report.timeline.items() if k != "chunks"}})
+        print("fast on", result["devices"], result["runs"][-1], flush=True)
+    result["against_one_device"] = compare_videos(one_device_output, output).as_dict()
+    engine.components.options = options
+    return result
 
 
 def _regions_compiled(engine) -> dict:
@@ -152,6 +184,9 @@ def main() -> None:
                         help="fast mode: on,off = one run each with FastOptions.cfg_pair on and off (the warm-up "
                              "compiles only the engine's own setting; the other compiles in its first run); "
                              "the fidelity is then given for each setting's last run")
+    parser.add_argument("--chunk-devices", type=lambda v: v.split(","), default=None,
+                        help="fast mode: after its runs, the same job with its chunks also denoised on these "
+                             "devices (cuda:1,cuda:2: run --devices), as many runs, in the same process")
     for switch in LOAD_SWITCHES:
         parser.add_argument("--" + switch.replace("_", "-"), choices=("on", "off"),
                             help=f"fast mode's FastOptions.{switch} (default: as configured); set at load, "
