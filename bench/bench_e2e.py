@@ -101,6 +101,10 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
         result["output"], result["mouth_boxes"] = str(output), report.mouth_boxes
         print(mode, {k: v for k, v in result["runs"][-1].items() if k not in ("gpu_timeline_s", "progress_events_s")},
               {k: v for k, v in result["runs"][-1]["gpu_timeline_s"].items() if k != "chunks"}, flush=True)
+    if mode == "fast" and len(result["runs"]) > 1:  # is the job the same from run to run (x264 threads included)?
+        result["first_run_against_last"] = compare_videos(Path(result["runs"][0]["output"]),
+                                                          Path(result["runs"][-1]["output"])).as_dict()
+        print("fast, first run against last", result["first_run_against_last"], flush=True)
     if mode == "fast" and args.chunk_devices:
         result["chunk_devices"] = _on_several_devices(engine, args, sampling, runs, Path(result["output"]))
     engine.close()
