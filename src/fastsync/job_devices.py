@@ -77,7 +77,12 @@ class ChunkDevices:
         from fastsync.engine import pick_device
 
         ctx = multiprocessing.get_context("spawn")
-        own = str(pick_device(options.device))
+        own = pick_device(options.device)
+        if own.type == "cuda" and own.index is None:  # a bare "cuda" is the current GPU: name it
+            import torch
+
+            own = torch.device("cuda", torch.cuda.current_device())
+        own = str(own)
         threads = cpu_share([own, *devices]) if "cpu" in devices else None  # the job process's CPU counts too
         self.own_label, *labels = device_labels([own, *devices])  # "cpu#0" beside "cpu#1"
         self.workers: list[_Worker] = []
