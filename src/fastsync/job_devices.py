@@ -10,11 +10,13 @@ further device (fastsync.job_worker):
                            └─► chunk 1, 3, 5 ... ──► worker cuda:1 ──┴──► paste back, encode in order
 
 Each participant skips the random numbers of the chunks the others denoise
-(ChunkDenoiser.skip), so the output equals the one-device job's: bit for bit where the
-devices compute alike (tests/test_job_devices.py). The encoder and paste-back stay one
-pipeline, so they bound the speed-up: on a 16-core host libx264 "medium" encodes
-1080x1920 at about 26 frames a second (bench/results/README.md), against about 15 for one
-H100's denoising.
+(ChunkDenoiser.skip), so each chunk draws the one-device job's noise: on CPUs the file is
+the same bit for bit (tests/test_job_devices.py); on GPUs a worker matches the job process
+within fp16 rounding, as any second process does (bench/results/README.md, nineteenth
+session). The encoder and paste-back stay one
+pipeline, so they bound the speed-up: on the benchmarks' 16-core H100 host, paste-back and
+libx264 "medium" finish 1080x1920 at about 37 frames a second, against about 15 for one
+H100's denoising (bench/results/e2e_h100_session19.json).
 
 Workers are spawned (never forked from a process that touched CUDA), do not run the
 program's main script (fastsync.spawning), and are daemonic: they die with the job
