@@ -33,8 +33,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from fastsync.devices import cpu_share, device_labels
+from fastsync.engine import pick_device
 from fastsync.errors import FastsyncError
 from fastsync.spawning import start_without_main_script
 from fastsync.transfer import Download
@@ -76,13 +78,9 @@ class ChunkDevices:
         """`options`: the engine's EngineOptions; each worker gets them with its device.
         Returns once every worker is ready; raises DeviceWorkerError (none left running)
         if one cannot load."""
-        from fastsync.engine import pick_device
-
         ctx = multiprocessing.get_context("spawn")
         own = pick_device(options.device)
         if own.type == "cuda" and own.index is None:  # a bare "cuda" is the current GPU: name it
-            import torch
-
             own = torch.device("cuda", torch.cuda.current_device())
         own = str(own)
         threads = cpu_share([own, *devices]) if "cpu" in devices else None  # the job process's CPU counts too
