@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -124,9 +125,7 @@ class ChunkDevices:
         try:
             message = w.conn.recv()
         except EOFError:
-            w.process.join(5)
-            raise DeviceWorkerError(f"the worker on {w.label} died while loading (exit code "
-                                    f"{w.process.exitcode})") from None
+            raise DeviceWorkerError(f"the worker on {w.label} died while loading ({_exit_status(w.process)})") from None
         if message[0] != "ready":
             raise DeviceWorkerError(f"the worker on {w.label} could not load its engine: {message[1]}")
 
@@ -176,8 +175,7 @@ class ChunkDevices:
             try:
                 message = w.conn.recv()
             except (EOFError, OSError):
-                w.process.join(5)
-                self._fail_all(w, f"the worker on {w.label} died (exit code {w.process.exitcode}): killed (by the "
+                self._fail_all(w, f"the worker on {w.label} died ({_exit_status(w.process)}): killed (by the "
                                   "out-of-memory killer, or a signal) or crashed in native code")
                 return
             kind, index, payload = message
@@ -213,6 +211,16 @@ class ChunkDevices:
                 w.process.join(5)
             w.conn.close()
         self.workers = []
+
+
+def _exit_status(process, wait_s: float = 5.0) -> str:
+    """"exit code N" once the process has ended. Another thread may be joining it too:
+    then this one's join can return before the exit code is set, so it is polled for."""
+    deadline = time.monotonic() + wait_s
+    process.join(wait_s)
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "exit code unknown" if process.exitcode is None else f"exit code {process.exitcode}"
 
 
 class ChunkRouter:
