@@ -52,11 +52,12 @@ class LipSync:
     @classmethod
     def from_options(cls, options: EngineOptions) -> LipSync:
         started = time.perf_counter()
+        device = pick_device(options.device)
         if options.chunk_devices:  # checked before anything loads
             from fastsync.devices import parse_devices
 
-            parse_devices([str(pick_device(options.device)), *options.chunk_devices])
-        with device_memory_errors(pick_device(options.device), options.mode, "loading the models"):
+            parse_devices([str(device), *options.chunk_devices])
+        with device_memory_errors(device, options.mode, "loading the models"):
             components = load_components(options)
         return cls(components, time.perf_counter() - started)
 
@@ -128,17 +129,22 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def devices_options(args: argparse.Namespace) -> dict:
-    """`--devices a,b,c` (run, app): the engine on a, workers on b and c; checked before any load."""
+def devices_from_args(args: argparse.Namespace) -> list[str] | None:
+    """`--devices` of run, app and batch, checked before any load; None when not given."""
     if getattr(args, "devices", None) is None:
-        return {}
+        return None
     if args.device is not None:
         raise FastsyncError(f"{args.command} got both --device and --devices",
                             hint="give one: --device cuda:1 for one GPU, --devices cuda:0,cuda:1 for several")
     from fastsync.devices import parse_devices
 
-    devices = parse_devices(args.devices)
-    return {"device": devices[0], "chunk_devices": tuple(devices[1:])}
+    return parse_devices(args.devices)
+
+
+def devices_options(args: argparse.Namespace) -> dict:
+    """`--devices a,b,c` (run, app): the engine on a, workers on b and c."""
+    devices = devices_from_args(args)
+    return {} if devices is None else {"device": devices[0], "chunk_devices": tuple(devices[1:])}
 
 
 def warmup_from_args(args: argparse.Namespace) -> int:

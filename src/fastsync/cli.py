@@ -133,12 +133,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
+    from fastsync.api import LipSync, devices_from_args, engine_options_from_args, sampling_from_args
     from fastsync.batch import landmark_files, read_jobs, run_batch
 
     jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
     sampling = sampling_from_args(args)
-    devices = _batch_devices(args)
+    devices = devices_from_args(args)
     if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
         args = argparse.Namespace(**{**vars(args), "device": devices[0]})
     options = engine_options_from_args(args)
@@ -163,17 +163,6 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from fastsync.app.serve import serve_from_args
 
     return serve_from_args(args)
-
-
-def _batch_devices(args: argparse.Namespace) -> list[str] | None:
-    if args.devices is None:
-        return None
-    if args.device is not None:
-        raise FastsyncError("batch got both --device and --devices",
-                            hint="give one: --device cuda:1 for one GPU, --devices cuda:0,cuda:1 for several")
-    from fastsync.devices import parse_devices
-
-    return parse_devices(args.devices)
 
 
 def _cmd_download(args: argparse.Namespace) -> int:

@@ -229,10 +229,13 @@ class ChunkRouter:
 
     def __init__(self, labels: list[str]):
         self.labels = labels
-        self.participants = len(labels)
         self._turn = 0
         self._skipped: list[list[int]] = [[] for _ in labels]
         self._done = [0] * len(labels)
+
+    @property
+    def participants(self) -> int:
+        return len(self.labels)
 
     def take(self, frames: int) -> tuple[int, list[int]]:
         who = self._turn
