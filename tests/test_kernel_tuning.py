@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fastsync.accel import precompile
-from fastsync.accel.compile import KERNEL_TUNING_ENV
+from fastsync.accel.compile import KERNEL_TUNING_ENV, _first_config_wins
 from fastsync.models.resnet import ResnetBlock
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -27,8 +27,11 @@ import json
 from fastsync.accel.compile import configure_inductor
 configure_inductor()
 import torch._inductor.config as inductor
+from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+from fastsync.accel import compile
 print(json.dumps({"pointwise": inductor.triton.autotune_pointwise,
-                  "filter": inductor.test_configs.force_filter_reduction_configs}))
+                  "filter": inductor.test_configs.force_filter_reduction_configs,
+                  "pinned": CachingAutotuner.benchmark_all_configs is compile._first_config_wins}))
 """
 
 # a GroupNorm and SiLU compiled alone: inductor makes a reduction and pointwise kernels
@@ -64,10 +67,22 @@ def _run(script: str, tmp_path: Path, tuning: str | None) -> dict:
 
 
 def test_timing_is_off_by_default_and_on_when_asked(tmp_path):
-    assert _run(SWITCHES, tmp_path, None) == {"pointwise": False, "filter": True}
-    assert _run(SWITCHES, tmp_path, "0") == {"pointwise": False, "filter": True}
+    untuned = {"pointwise": False, "filter": True, "pinned": True}
+    assert _run(SWITCHES, tmp_path, None) == untuned
+    assert _run(SWITCHES, tmp_path, "0") == untuned
     # inductor's own defaults
-    assert _run(SWITCHES, tmp_path, "1") == {"pointwise": True, "filter": False}
+    assert _run(SWITCHES, tmp_path, "1") == {"pointwise": True, "filter": False, "pinned": False}
+
+
+def test_a_pinned_kernel_keeps_its_first_config():
+    """Where a kernel still has several launch configs, inductor keeps the one of least
+    "timing"; the pinned stand-in ranks them in their order, without launching any."""
+    class Tuner:
+        launchers = ["first", "second", "third"]
+
+    timings = _first_config_wins(Tuner(), "args are not read")
+    assert min(timings, key=timings.get) == "first"
+    assert sorted(timings) == sorted(Tuner.launchers)
 
 
 def test_a_region_compiled_with_the_other_setting_is_not_loaded(monkeypatch):

@@ -77,6 +77,34 @@ def configure_inductor(cache_dir: str | None = None) -> None:
         tests = getattr(inductor, "test_configs", None)
         if hasattr(tests, "force_filter_reduction_configs"):
             tests.force_filter_reduction_configs = True
+        pin_launch_configs()
+
+
+def _first_config_wins(self, *args, **kwargs) -> dict:
+    """Stands in for CachingAutotuner.benchmark_all_configs: the launchers' timings as their
+    order, so the choice that follows keeps the heuristic's first config, with no launch."""
+    return {launcher: float(i) for i, launcher in enumerate(self.launchers)}
+
+
+def pin_launch_configs() -> None:
+    """Every Triton kernel of inductor's keeps its first launch config; none is chosen by timing.
+
+    kernel_tuning's promise, kept where inductor's switches above do not keep it: with them,
+    torch 2.11 still gave nine of the UNet's layer-norm reductions two configs each (R0_BLOCK
+    1024 and 512, or 512 and 256) and timed them at their first launch, in every process
+    (bench/results/processes_h100_kernels.json, bench/check_processes.py, on an H100). The
+    two configs sum in another order, and the timing picks either, so a process got its own
+    rounding: the same UNet forward differed by up to 0.0029 between processes (24 pairs of
+    25) and a chunk by up to 0.0078, while the VAE, whose kernels have one config each, and eager fast mode
+    were equal bit for bit. Inductor's `deterministic` switch did not stop that timing. With
+    the first config kept, every process should compute alike; that and the speed of the
+    kept configs are not measured yet (`check_processes` with three processes). A kernel
+    tuned with FASTSYNC_KERNEL_TUNING=1 keeps its timed choice."""
+    from torch._inductor.runtime import triton_heuristics
+
+    tuner = triton_heuristics.CachingAutotuner
+    if hasattr(tuner, "benchmark_all_configs"):
+        tuner.benchmark_all_configs = _first_config_wins
 
 
 def regions_dir() -> str:
