@@ -25,6 +25,7 @@ import torch
 
 from cpu_components import cpu_components
 from demo_clip import demo_clip
+from denoise_fakes import CountingVAE, trivial_predictor
 from fastsync.accel.predictor import FastPredictor, PlainPredictor
 from fastsync.accel.setup import prepare_fast
 from fastsync.components import make_scheduler, random_vae
@@ -139,30 +140,6 @@ def test_motion_attention_backend_equals_default(unet, backend):
 # ---------------------------------------------------------------------------------------
 
 
-def _trivial_predictor(sample, t, audio, step):
-    """A cheap, deterministic stand-in for the UNet that uses every input: latents, masked
-    and reference latents, and each frame's audio (B*F rows in (b, f) order)."""
-    batch, _, frames = sample.shape[:3]
-    per_frame = audio.mean(dim=(1, 2)).view(batch, 1, frames, 1, 1)
-    return 0.3 * sample[:, :4] + 0.2 * sample[:, 5:9] - 0.1 * sample[:, 9:13] + 0.05 * per_frame + t * 1e-4
-
-
-class CountingVAE(torch.nn.Module):
-    """The tiny VAE, recording the batch size of every encode and decode call."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae, self.encode_sizes, self.decode_sizes = vae, [], []
-
-    def encode(self, x):
-        self.encode_sizes.append(x.shape[0])
-        return self.vae.encode(x)
-
-    def decode(self, z):
-        self.decode_sizes.append(z.shape[0])
-        return self.vae.decode(z)
-
-
 @pytest.fixture(scope="module")
 def chunk():
     g = torch.Generator().manual_seed(21)
@@ -173,7 +150,7 @@ def chunk():
 def _denoise(chunk, *, batch_vae: bool, micro: int, seed: int = 1247):
     vae = CountingVAE(random_vae("tiny", seed=3))
     mask = torch.from_numpy(mask_for_resolution(64)).float()
-    denoiser = ChunkDenoiser(_trivial_predictor, vae, make_scheduler(), mask,
+    denoiser = ChunkDenoiser(trivial_predictor, vae, make_scheduler(), mask,
                              SamplingOptions(steps=3, seed=seed, num_frames=5), device=torch.device("cpu"),
                              dtype=torch.float32, batch_vae=batch_vae, vae_micro_batch=micro)
     with torch.inference_mode():

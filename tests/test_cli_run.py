@@ -1,5 +1,6 @@
 """`fastsync run` end to end: the issue's acceptance run on a trimmed clip, ping-pong
-looping, frames without a face or with several, and the real console entry point.
+looping, a photo for the video, frames without a face or with several, and the real
+console entry point.
 
 Each job runs the tiny random models on the CPU; the pipeline around them (audio
 features, 25 fps resampling, face alignment, paste-back, H.264 + AAC writing) is the
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -147,6 +149,36 @@ def test_audio_longer_than_the_video_loops_it_back_and_forth(short_clip, assets_
     assert written.audio_seconds == pytest.approx(1.0, abs=1024 / 16000)  # all of it: 27 / 25 s > 1 s
     forward, backward = list(range(10)), list(range(9, -1, -1))
     assert [read_stamp(f) for f in decode_rgb(output)] == (forward + backward + forward)[:frames]
+
+
+# -- a photo instead of a video: one frame, looped ---------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_photo_is_lip_synced_as_a_video_of_one_frame(suffix, assets_dir, tmp_path, landmarker):
+    """The reference loops a video that is shorter than the audio; a photo is a video of one
+    frame, so every output frame is that photo with a new mouth."""
+    photo = tmp_path / f"face{suffix}"
+    image = source_frames(assets_dir / "demo1_video.mp4", 1, size=(540, 960))[0]
+    assert cv2.imwrite(str(photo), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)  # as the lossy jpg decodes
+    audio = trim_wav(assets_dir / "demo2_audio.wav", tmp_path / "half_second.wav", 0.5)
+    output = tmp_path / "photo.mp4"
+    code, stdout = run_cli(["run", "--video", str(photo), "--audio", str(audio), "--output", str(output),
+                            *TINY, *QUICK])
+    assert code == 0
+    frames = expected_frames(wav_samples(audio))
+    assert int(summary_of(stdout)["frames"]) == frames
+    written = inspect(output)
+    assert written.frames == frames and (written.width, written.height) == (540, 960)
+    face = landmarker.detect(image)
+    assert face is not None
+    for i, produced in enumerate(decode_rgb(output)):
+        diff = abs_diff(produced, image)
+        mouth, outside = mouth_and_outside(face.bbox, diff.shape)
+        assert diff[mouth].mean() > MOUTH_CHANGED, f"frame {i}: mouth unchanged"
+        assert diff[outside].mean() < UNCHANGED_MEAN, f"frame {i}: the photo changed outside the face"
+        assert diff[outside].max() < UNCHANGED_MAX, f"frame {i}: a pixel far from the face changed"
 
 
 # -- frames without a face, and with two faces -------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fastsync.accel.repeats import RepeatedFaces
 from fastsync.components import VAE_DOWNSCALE, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
 from fastsync.transfer import LaunchThrottle, upload
 
@@ -64,6 +65,7 @@ class ChunkDenoiser:
         vae_micro_batch: int = 0,
         on_chunk_start: Callable[[], None] | None = None,
         max_queued: int = 0,
+        repeated_faces: bool = False,
     ):
         self.predict = predict
         self.vae = vae
@@ -79,6 +81,8 @@ class ChunkDenoiser:
         self.on_chunk_start = on_chunk_start
         # fast mode: how many steps / VAE micro-batches may be queued ahead of the GPU
         self.throttle = LaunchThrottle(device, max_queued)
+        # fast mode: equal consecutive faces (a photo, a loop's turns) encoded once (accel.repeats)
+        self.repeats = RepeatedFaces() if repeated_faces else None
         res = mask.shape[-1]
         self.latent_size = res // VAE_DOWNSCALE
         self.mask = mask.to(device=device, dtype=dtype)[None, None]  # (1, 1, res, res)
@@ -130,16 +134,35 @@ class ChunkDenoiser:
         stacked = torch.cat(self._micro_batches(pixels, moments))
         return stacked[:, 0], stacked[:, 1]
 
-    def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Encode each (F,3,H,W) tensor; all of them in one batch when batch_vae is set."""
+    def _moments(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, std) of each (F,3,H,W) tensor; all of them in one batch when batch_vae is set."""
         if self.batch_vae:
             mean, std = self._posterior(torch.cat(pixels))
-            means, stds = mean.chunk(len(pixels)), std.chunk(len(pixels))
+            return list(zip(mean.chunk(len(pixels)), std.chunk(len(pixels))))
+        return [self._posterior(p) for p in pixels]
+
+    def _repeated_moments(self, faces: torch.Tensor, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """_moments, with each run of equal faces encoded once (fastsync.accel.repeats)."""
+        starts, owners, carried = self.repeats.plan(faces)
+        if len(starts) == len(owners):  # nothing repeats
+            moments = self._moments(pixels)
         else:
-            pairs = [self._posterior(p) for p in pixels]
-            means, stds = [m for m, _ in pairs], [s for _, s in pairs]
+            # small index lists, uploaded without waiting for the device (a pageable copy would)
+            encoded = self._moments([p.index_select(0, upload(torch.tensor(starts), self.device))
+                                     for p in pixels]) if starts else [None] * len(pixels)
+            rows = upload(torch.tensor(owners), self.device)
+            moments = []
+            for kept, new in zip(self.repeats.last_moments if carried else [None] * len(pixels), encoded):
+                parts = [pair for pair in (kept, new) if pair is not None]
+                moments.append(tuple(torch.cat([pair[j] for pair in parts]).index_select(0, rows) for j in (0, 1)))
+        self.repeats.remember(faces[-1], moments)
+        return moments
+
+    def _encode(self, pixels: list[torch.Tensor], moments=None) -> list[torch.Tensor]:
+        """Encode each (F,3,H,W) tensor, from its (mean, std) where `moments` gives them."""
+        moments = self._moments(pixels) if moments is None else moments
         # Noise is drawn per input in order, exactly as separate `latent_dist.sample()` calls would.
-        return [(self._posterior_sample(m, s) - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR for m, s in zip(means, stds)]
+        return [(self._posterior_sample(m, s) - VAE_SHIFT_FACTOR) * VAE_SCALING_FACTOR for m, s in moments]
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
@@ -154,7 +177,10 @@ class ChunkDenoiser:
         frames = faces.shape[0]
         pixels = upload(faces, self.device).to(self.dtype) / 127.5 - 1.0  # (F, 3, res, res), Normalize(0.5, 0.5)
         masked = pixels * self.mask
-        masked_latents, ref_latents = self._encode([masked, pixels])  # (F, 4, h, w) each
+        moments = None
+        if self.repeats is not None and faces.device.type == "cpu":
+            moments = self._repeated_moments(faces, [masked, pixels])
+        masked_latents, ref_latents = self._encode([masked, pixels], moments)  # (F, 4, h, w) each
 
         def video(x):  # (F, C, h, w) -> (2, C, F, h, w): one batch entry per CFG branch
             return x.permute(1, 0, 2, 3)[None].expand(2, -1, -1, -1, -1)

@@ -103,6 +103,14 @@ class FastOptions:
     # Needs compile (CUDA only); the head's norm computes from per-channel moments with
     # column_group_norm.
     compile_glue: bool = True
+    # Equal consecutive faces are VAE-encoded once, across chunks too (fastsync.accel.repeats):
+    # a photo given as the video repeats one face in every frame, a looped video its end
+    # frames at each turn. Every face keeps its own posterior sample, so only the rounding can
+    # change (tests/test_repeats.py). After its first chunk a photo's chunks encode no face,
+    # where a video's chunk encodes 32 (0.095 s on an H200, bench/results/vae_h200_column_gn.json,
+    # of a chunk of about 1 s); not yet timed on a GPU. A video without repeats pays the
+    # host-side comparison only.
+    repeated_faces: bool = True
 
     def host_processes_on(self, device: torch.device) -> bool:
         """Whether a fast job on `device` runs its host stages in worker processes."""

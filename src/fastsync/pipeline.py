@@ -155,7 +155,8 @@ def make_denoiser(c: Components, sampling: SamplingOptions) -> ChunkDenoiser:
     return ChunkDenoiser(predict, c.vae, c.scheduler, c.mask, sampling, device=c.device, dtype=c.dtype,
                          batch_vae=fast and c.options.fast.batch_vae,
                          vae_micro_batch=c.options.fast.vae_micro_batch if fast else 0,
-                         on_chunk_start=on_chunk_start, max_queued=c.options.fast.max_queued if fast else 0)
+                         on_chunk_start=on_chunk_start, max_queued=c.options.fast.max_queued if fast else 0,
+                         repeated_faces=fast and c.options.fast.repeated_faces)
 
 
 class Job:
