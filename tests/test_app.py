@@ -16,13 +16,21 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from job_clips import expected_frames, inspect, source_frames, trim_wav, wav_samples, write_clip
 
 from fastsync import cli
 from fastsync.api import LipSync
-from fastsync.app.jobs import RANDOM_WEIGHTS_NOTE, JobRunner, poll_progress, sampling_options, user_message
+from fastsync.app.jobs import (
+    RANDOM_WEIGHTS_NOTE,
+    JobRunner,
+    face_input,
+    poll_progress,
+    sampling_options,
+    user_message,
+)
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.pipeline import JobReport
@@ -97,11 +105,19 @@ def test_bad_inputs_name_the_file_and_leave_no_job_folder(runner, clip):
     assert message.startswith("notes.mp4: not a readable media file") and str(not_a_video.parent) not in message
     with pytest.raises(InputError, match="no audio file was given"):
         runner.run(video, None, QUICK)
-    with pytest.raises(InputError, match="no video file was given"):
+    with pytest.raises(InputError, match="no video or photo file was given"):
         runner.run("", short, QUICK)
     with pytest.raises(InputError, match="missing.wav"):
         runner.run(video, short.parent / "missing.wav", QUICK)
     assert list(runner.jobs_dir.iterdir()) == []
+
+
+def test_the_page_takes_a_video_or_a_photo_but_not_both(clip):
+    video = clip[0]
+    assert face_input(video, None) == video and face_input(None, video) == video
+    assert face_input("", None) is None  # the job then says that nothing was given
+    with pytest.raises(InputError, match="both a video and a photo were given"):
+        face_input(video, video)
 
 
 def test_old_job_folders_make_room_for_new_ones(engine, tmp_path):
@@ -204,6 +220,21 @@ def test_lipsync_through_the_served_page(serve, runner, clip):
 
     with pytest.raises(AppError, match="notes.mp4: not a readable media file"):
         client.predict(handle_file(str(not_a_video)), handle_file(str(short)), 2, 1.5, 1247, 3, api_name="/lipsync")
+
+
+def test_a_photo_through_the_served_page(serve, runner, clip, tmp_path):
+    """A photo in the Photo tab, in the video's place: a video as long as the audio comes back
+    (what its frames show is tests/test_cli_run.py's photo test)."""
+    from gradio_client import handle_file
+
+    client = serve(runner)
+    _, short, _, _ = clip
+    photo = tmp_path / "face.png"
+    assert cv2.imwrite(str(photo), cv2.cvtColor(source_frames(clip[0], 1)[0], cv2.COLOR_RGB2BGR))
+    shown, download, text = client.predict(None, handle_file(str(short)), 2, 1.5, 1247, 3, handle_file(str(photo)),
+                                           api_name="/lipsync")
+    check_video(download, short)
+    assert text.startswith(f"{expected_frames(wav_samples(short))} frames in ")
 
 
 class BlockingEngine:

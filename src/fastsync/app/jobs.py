@@ -126,7 +126,7 @@ class JobRunner:
     def run(self, video: str | Path | None, audio: str | Path | None, sampling: SamplingOptions,
             progress: ReportProgress | None = None) -> JobResult:
         """Lip-sync `video` to `audio` into a new job folder; FastsyncError names a bad input."""
-        video, audio = _required(video, "video"), _required(audio, "audio")
+        video, audio = _required(video, "video or photo"), _required(audio, "audio")
         with self._lock:
             folder = self.new_job_dir()
             try:
@@ -173,6 +173,16 @@ def user_message(exc: FastsyncError) -> str:
     temp folder, whose path means nothing to whoever uploaded it."""
     text = str(exc)
     return text if exc.path is None else text.replace(str(exc.path), exc.path.name)
+
+
+def face_input(video: str | Path | None, photo: str | Path | None) -> str | Path | None:
+    """The page's video, or its photo in the video's place (a photo is a video of one
+    frame); InputError when both were given."""
+    given = [path for path in (video, photo) if path not in (None, "")]
+    if len(given) > 1:
+        raise InputError("both a video and a photo were given",
+                         hint="lip-sync one of them: clear the other, then press Lip-sync")
+    return given[0] if given else None
 
 
 def _required(path: str | Path | None, what: str) -> Path:

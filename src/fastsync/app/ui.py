@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from fastsync.app.jobs import RANDOM_WEIGHTS_NOTE, JobRunner, poll_progress, sampling_options, user_message
+from fastsync.app.jobs import (
+    RANDOM_WEIGHTS_NOTE,
+    JobRunner,
+    face_input,
+    poll_progress,
+    sampling_options,
+    user_message,
+)
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError
 
@@ -17,11 +24,13 @@ DELETE_CACHE = (3600, 86400)
 
 
 def _lipsync_handler(runner: JobRunner):
-    def lipsync(video, audio, steps, guidance, seed, deepcache_interval,
+    # `photo` comes after the sampling values, so that API callers written before it keep working.
+    def lipsync(video, audio, steps, guidance, seed, deepcache_interval, photo=None,
                 progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar through this default)
         try:
             sampling = sampling_options(steps, guidance, seed, deepcache_interval)
-            result = poll_progress(lambda report: runner.run(video, audio, sampling, progress=report),
+            face = face_input(video, photo)
+            result = poll_progress(lambda report: runner.run(face, audio, sampling, progress=report),
                                    lambda fraction, text: progress(fraction, desc=text))
         except FastsyncError as exc:
             raise gr.Error(user_message(exc), duration=None, print_exception=False) from exc
@@ -51,7 +60,13 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                         "the whole pipeline runs, but no trained model draws the mouth.")
         with gr.Row():
             with gr.Column():
-                video = gr.Video(label="Video of a person talking", sources=["upload"])
+                with gr.Tabs():
+                    with gr.Tab("Video"):
+                        video = gr.Video(label="Video of a person talking", sources=["upload"])
+                    with gr.Tab("Photo"):
+                        # png: gradio re-saves an upload in this format, and its default (webp) is lossy
+                        photo = gr.Image(label="Photo of a face (every frame shows it)", type="filepath",
+                                         sources=["upload"], format="png")
                 audio = gr.Audio(label="New audio track", type="filepath", sources=["upload", "microphone"])
                 controls = _sampling_controls(SamplingOptions())
                 button = gr.Button("Lip-sync", variant="primary")
@@ -59,7 +74,7 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                 result = gr.Video(label="Lip-synced video", interactive=False)
                 download = gr.File(label="Download", interactive=False)
                 report = gr.Textbox(label="Report", lines=9, interactive=False)
-        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls], outputs=[result, download, report],
+        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo], outputs=[result, download, report],
                      api_name=API_NAME, concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
     return app
