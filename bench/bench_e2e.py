@@ -56,10 +56,11 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
     warm_s = time.perf_counter() - started
     result = {"load_s": round(load_s, 2), "warm_up_s": round(warm_s, 2), **warm, "dtype": str(engine.components.dtype),
               "runs": []}
-    plan = [(0, None, "threads", None, None)] * runs if mode == "reference" else [
-        (t, q, h, v, c) for t in args.cpu_threads_variants for q in args.max_queued_variants
-        for h in args.host_variants for v in args.vae_micro_batch_variants for c in args.cfg_pair_variants] * runs
-    for k, (cpu_threads, max_queued, host, vae_micro_batch, cfg_pair) in enumerate(plan):
+    plan = [(0, None, "threads", None, None, None)] * runs if mode == "reference" else [
+        (t, q, h, v, c, r) for t in args.cpu_threads_variants for q in args.max_queued_variants
+        for h in args.host_variants for v in args.vae_micro_batch_variants for c in args.cfg_pair_variants
+        for r in args.repeated_faces_variants] * runs
+    for k, (cpu_threads, max_queued, host, vae_micro_batch, cfg_pair, repeated) in enumerate(plan):
         if mode == "fast":
             set_cpu_threads(cpu_threads)
             options = engine.components.options
@@ -70,6 +71,8 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
                 changes["vae_micro_batch"] = vae_micro_batch
             if cfg_pair is not None:
                 changes["cfg_pair"] = cfg_pair
+            if repeated is not None:
+                changes["repeated_faces"] = repeated
             engine.components.options = dataclasses.replace(options, fast=dataclasses.replace(options.fast, **changes))
         torch.cuda.reset_peak_memory_stats()
         clock = stages.StageClock()
@@ -86,6 +89,7 @@ def run_mode(mode: str, args, sampling: SamplingOptions, fast: FastOptions, runs
             "max_queued": engine.components.options.fast.max_queued if mode == "fast" else None,
             "vae_micro_batch": engine.components.options.fast.vae_micro_batch if mode == "fast" else None,
             "cfg_pair": engine.components.options.fast.cfg_pair if mode == "fast" else None,
+            "repeated_faces": engine.components.options.fast.repeated_faces if mode == "fast" else None,
             "output": str(output),
             "wall_s": round(wall, 3), "frames": report.frames, "frames_per_s": round(report.frames / wall, 2),
             "stage_busy_s": clock.as_dict(),
@@ -188,6 +192,9 @@ def main() -> None:
                         help="fast mode: on,off = one run each with FastOptions.cfg_pair on and off (the warm-up "
                              "compiles only the engine's own setting; the other compiles in its first run); "
                              "the fidelity is then given for each setting's last run")
+    parser.add_argument("--repeated-faces-variants", type=lambda v: [x == "on" for x in v.split(",")],
+                        default=[None], help="fast mode: on,off = one run each with FastOptions.repeated_faces "
+                                             "on and off (a photo as --video: its face encoded once or per frame)")
     parser.add_argument("--chunk-devices", type=lambda v: v.split(","), default=None,
                         help="fast mode: after its runs, the same job with its chunks also denoised on these "
                              "devices (cuda:1,cuda:2: run --devices), as many runs, in the same process")
