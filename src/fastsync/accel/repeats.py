@@ -57,6 +57,7 @@ class RepeatedFaces:
         return starts, owners, carried
 
     def remember(self, face: torch.Tensor, moments: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """The chunk's final face (host) and its moments (device, one row per input)."""
+        """The chunk's final face (host) and its moments (device, one row per input), copied:
+        the moments must outlive whatever buffer the chunk's encoder wrote them into."""
         self.last_face = face.clone()
-        self.last_moments = [(mean[-1:], std[-1:]) for mean, std in moments]
+        self.last_moments = [(mean[-1:].clone(), std[-1:].clone()) for mean, std in moments]
