@@ -71,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="lip-sync a video to an audio track")
-    p.add_argument("--video", type=Path, required=True)
-    p.add_argument("--audio", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--video", type=Path, required=True,
+                   help="video of a person talking, or a photo of a face (png, jpg, ...): every frame shows it")
+    p.add_argument("--audio", type=Path, required=True,
+                   help="the new speech: any audio file ffmpeg reads (wav, mp3, m4a, ...) or a video's audio track")
+    p.add_argument("--output", type=Path, required=True,
+                   help="the lip-synced mp4 (H.264 + AAC), written whole or not at all")
     p.add_argument("--devices", default=None,
                    help="denoise the job's chunks on several devices, one engine each: cuda:0,cuda:1 or all "
                         "(every visible GPU); decoding, paste-back and encoding stay one pipeline")
