@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -154,14 +153,26 @@ def test_audio_longer_than_the_video_loops_it_back_and_forth(short_clip, assets_
 # -- a photo instead of a video: one frame, looped ---------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
-def test_a_photo_is_lip_synced_as_a_video_of_one_frame(suffix, assets_dir, tmp_path, landmarker):
+@pytest.mark.parametrize(("suffix", "orientation"), [(".png", 1), (".jpg", 1), (".jpg", 6)])
+def test_a_photo_is_lip_synced_as_a_video_of_one_frame(suffix, orientation, assets_dir, tmp_path, landmarker):
     """The reference loops a video that is shorter than the audio; a photo is a video of one
-    frame, so every output frame is that photo with a new mouth."""
+    frame, so every output frame is that photo with a new mouth. A phone's portrait photo
+    holds its pixels sideways with an EXIF orientation (6: turn clockwise to view), which
+    the output follows."""
+    from PIL import Image
+
     photo = tmp_path / f"face{suffix}"
     image = source_frames(assets_dir / "demo1_video.mp4", 1, size=(540, 960))[0]
-    assert cv2.imwrite(str(photo), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)  # as the lossy jpg decodes
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(image)) if orientation == 6 else image)
+    if suffix == ".jpg":
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # the EXIF Orientation tag
+        stored.save(photo, exif=exif)
+    else:
+        stored.save(photo)
+    image = np.asarray(Image.open(photo).convert("RGB"))  # as stored: PIL leaves the orientation to us
+    if orientation == 6:  # upright, and as the lossy jpg decodes
+        image = np.ascontiguousarray(np.rot90(image, k=-1))
     audio = trim_wav(assets_dir / "demo2_audio.wav", tmp_path / "half_second.wav", 0.5)
     output = tmp_path / "photo.mp4"
     code, stdout = run_cli(["run", "--video", str(photo), "--audio", str(audio), "--output", str(output),
