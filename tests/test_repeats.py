@@ -52,20 +52,22 @@ def test_a_run_carries_on_into_the_next_chunk():
     assert repeats.plan(_faces("baab")) == ([0, 1, 3], [0, 1, 1, 2], False)
 
 
-def _denoiser(repeated: bool, frames: int) -> tuple[ChunkDenoiser, CountingVAE]:
-    vae = CountingVAE(random_vae("tiny", seed=3))
+def _denoiser(repeated: bool, frames: int, device: str, dtype: torch.dtype) -> tuple[ChunkDenoiser, CountingVAE]:
+    vae = CountingVAE(random_vae("tiny", seed=3)).to(device, dtype)
     mask = torch.from_numpy(mask_for_resolution(64)).float()
     denoiser = ChunkDenoiser(trivial_predictor, vae, make_scheduler(), mask,
-                             SamplingOptions(steps=3, num_frames=frames), device=torch.device("cpu"),
-                             dtype=torch.float32, batch_vae=True, vae_micro_batch=3, repeated_faces=repeated)
+                             SamplingOptions(steps=3, num_frames=frames), device=torch.device(device),
+                             dtype=dtype, batch_vae=True, vae_micro_batch=3, repeated_faces=repeated)
     return denoiser, vae
 
 
-def _run(repeated: bool, chunks: list[str]) -> tuple[list[torch.Tensor], ChunkDenoiser, CountingVAE]:
-    denoiser, vae = _denoiser(repeated, len(chunks[0]))
+def _run(repeated: bool, chunks: list[str], device: str = "cpu",
+         dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], ChunkDenoiser, CountingVAE]:
+    denoiser, vae = _denoiser(repeated, len(chunks[0]), device, dtype)
     g = torch.Generator().manual_seed(8)
     with torch.inference_mode():
-        out = [denoiser(_faces(pattern), torch.randn(len(pattern), 50, 384, generator=g)) for pattern in chunks]
+        out = [denoiser(_faces(pattern), torch.randn(len(pattern), 50, 384, generator=g)).float().cpu()
+               for pattern in chunks]
     return out, denoiser, vae
 
 
@@ -93,3 +95,15 @@ def test_a_video_without_repeats_takes_the_plain_path():
     ours, _, vae = _run(True, ["abcde", "fghij"])
     assert vae.encode_sizes == plain_vae.encode_sizes
     assert all(torch.equal(a, b) for a, b in zip(ours, plain))
+
+
+@pytest.mark.requires_cuda
+def test_on_a_gpu_in_fp16_as_fast_mode_runs_it():
+    """The index lists go up pinned, without waiting; the faces match within fp16 rounding."""
+    chunks = ["abbcc", "cccba"]
+    plain, plain_denoiser, _ = _run(False, chunks, "cuda", torch.float16)
+    ours, denoiser, vae = _run(True, chunks, "cuda", torch.float16)
+    assert vae.encode_sizes == [3, 3, 3, 3]
+    for got, expected in zip(ours, plain):
+        torch.testing.assert_close(got, expected, rtol=0, atol=4e-3 * expected.abs().max().item())
+    assert torch.equal(denoiser.generator.get_state(), plain_denoiser.generator.get_state())
