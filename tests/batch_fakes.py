@@ -63,6 +63,8 @@ class FakeEngine:
         output.write_text(f"{self.device} {os.getpid()}")
         if landmarks_cache is not None:  # what the job was given to keep its video's landmarks in
             Path(landmarks_cache).write_text(output.name)
+        if sampling is not None:  # the seed the job was given, beside its output
+            output.with_suffix(".seed").write_text(str(sampling.seed))
         return FakeReport(f"wrote {output.name} in pid {os.getpid()}")
 
 

@@ -30,6 +30,7 @@ from test_sigterm import _gone, _processes_with  # finds a run's processes by a 
 from fastsync import api, cli, devices
 from fastsync.batch import BatchJob, landmark_files
 from fastsync.batch_devices import run_batch_on_devices
+from fastsync.denoise import SamplingOptions
 from fastsync.devices import cpu_share
 from fastsync.engine import EngineOptions
 from fastsync.errors import FastsyncError
@@ -75,6 +76,15 @@ def test_each_job_gets_its_videos_landmark_file(tmp_path):
     made = {path.read_text(): path.name for path in (tmp_path / "landmarks").iterdir()}
     assert made.keys() == {"first-out.mp4", "second-out.mp4"}  # one file per video, in the folder given
     assert made["first-out.mp4"].startswith("first-") and made["second-out.mp4"].startswith("second-")
+
+
+def test_each_job_gets_its_own_sampling_on_the_workers(tmp_path):
+    jobs = [BatchJob(tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / f"{name}.mp4", settings=settings)
+            for name, settings in (("own", (("seed", 3),)), ("plain", ()))]
+    result = run_batch_on_devices(EngineOptions(), jobs, TWO_CPUS, echo=lambda line: None,
+                                  engine_factory=batch_fakes.make_engine, sampling=SamplingOptions(seed=9))
+    assert result == (2, 0, 0)
+    assert [(tmp_path / f"{name}.seed").read_text() for name in ("own", "plain")] == ["3", "9"]
 
 
 def test_failures_are_reported_with_the_device_and_existing_outputs_skipped(tmp_path):

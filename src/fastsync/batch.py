@@ -1,7 +1,9 @@
 """`fastsync batch JOBS`: many lip-sync jobs with the models loaded once.
 
 JOBS is a CSV file with a header `video,audio,output` (paths relative to the CSV's
-folder) or a JSON list of {"video", "audio", "output"} objects. A failing job is
+folder) or a JSON list of {"video", "audio", "output"} objects. Optional columns (keys)
+`steps`, `guidance`, `seed` and `deepcache_interval` set a job's sampling; an empty cell
+keeps the batch's value (the command line's). A failing job is
 reported and skipped — its output is never half-written — and the others go on; the
 exit status says whether all succeeded. A job whose output already exists is skipped
 unless --overwrite is given, so an interrupted batch can simply be run again. With
@@ -18,14 +20,18 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 
 FIELDS = ("video", "audio", "output")
+# A job's own sampling values: column -> its type (SamplingOptions' field of that name).
+SETTINGS = {"steps": int, "guidance": float, "seed": int, "deepcache_interval": int}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class BatchJob:
     audio: Path
     output: Path
     landmarks: Path | None = None  # the video's landmark file (None: detect its faces afresh)
+    settings: tuple[tuple[str, int | float], ...] = ()  # its own sampling values, (name, value) pairs
+
+    def sampling(self, batch: SamplingOptions | None) -> SamplingOptions | None:
+        """The batch's sampling with this job's own values in place (None: the engine's default)."""
+        if not self.settings:
+            return batch
+        return replace(batch or SamplingOptions(), **dict(self.settings))
 
 
 @contextlib.contextmanager
@@ -81,10 +94,36 @@ def read_jobs(path: Path) -> list[BatchJob]:
         if missing:
             raise InputError(f"job {number} lacks {', '.join(missing)}", path,
                              hint="every job needs video, audio and output")
-        jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS)))
+        unknown = sorted(set(row) - set(FIELDS) - set(SETTINGS))
+        if unknown:
+            raise InputError(f"job {number} has unknown column(s) {', '.join(map(repr, unknown))}", path,
+                             hint=f"the columns are {', '.join((*FIELDS, *SETTINGS))}")
+        jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS), settings=_settings(row, number, path)))
     if not jobs:
         raise InputError("the batch file lists no jobs", path)
     return jobs
+
+
+def _settings(row: dict, number: int, path: Path) -> tuple[tuple[str, int | float], ...]:
+    """The job's own sampling values, checked as SamplingOptions checks them."""
+    settings = {}
+    for name, kind in SETTINGS.items():
+        value = row.get(name)
+        if value is None or str(value).strip() == "":
+            continue
+        try:
+            parsed = kind(str(value).strip())
+            if not math.isfinite(parsed):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"job {number}: {name} {value!r} is not {'an integer' if kind is int else 'a number'}",
+                             path) from None
+        settings[name] = parsed
+    try:
+        SamplingOptions(**settings)
+    except ValueError as exc:
+        raise InputError(f"job {number}: {exc}", path) from None
+    return tuple(settings.items())
 
 
 def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = False,
@@ -98,7 +137,8 @@ def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = 
             skipped += 1
             continue
         try:
-            report = engine.run(job.video, job.audio, job.output, sampling=sampling, landmarks_cache=job.landmarks)
+            report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
+                                landmarks_cache=job.landmarks)
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
             failed += 1

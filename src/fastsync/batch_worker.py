@@ -83,7 +83,8 @@ def _serve(engine, sampling, conn) -> None:
     while (message := conn.recv())[0] == "job":
         _, number, job = message
         try:
-            report = engine.run(job.video, job.audio, job.output, sampling=sampling, landmarks_cache=job.landmarks)
+            report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
+                                landmarks_cache=job.landmarks)
         except FastsyncError as exc:
             conn.send(("failed", number, str(exc)))
             continue
