@@ -27,6 +27,13 @@ def test_read_jobs_csv_and_json_resolve_relative_paths(tmp_path):
     assert read_jobs(tmp_path / "jobs.json") == expected
 
 
+def test_a_csv_saved_by_excel_reads_the_same(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark, and ends lines with CRLF."""
+    (tmp_path / "jobs.csv").write_bytes("\ufeffvideo,audio,output,seed\r\nv.mp4,a.wav,o.mp4,5\r\n".encode())
+    assert read_jobs(tmp_path / "jobs.csv") == [
+        BatchJob(tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / "o.mp4", settings=(("seed", 5),))]
+
+
 @pytest.mark.parametrize("text", ["video,audio\nv.mp4,a.wav\n", "video,audio,output\n", "{not json"])
 def test_bad_batch_files_name_the_file(tmp_path, text):
     path = tmp_path / ("jobs.json" if text.startswith("{") else "jobs.csv")

@@ -83,7 +83,7 @@ def read_jobs(path: Path) -> list[BatchJob]:
             if not isinstance(rows, list):
                 raise ValueError("expected a JSON list of objects")
         else:
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # Excel writes a BOM
                 rows = list(csv.DictReader(f))
     except (ValueError, csv.Error) as exc:
         raise InputError(f"cannot parse the batch file: {exc}", path,
