@@ -47,7 +47,7 @@ class FakeEngine:
     def __init__(self, device: str):
         self.device = device
 
-    def run(self, video, audio, output, sampling=None, landmarks_cache=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None):
         output = Path(output)
         _log(output, f"{output.name} {os.getpid()}")
         if output.name.startswith("fail"):
@@ -63,8 +63,8 @@ class FakeEngine:
         output.write_text(f"{self.device} {os.getpid()}")
         if landmarks_cache is not None:  # what the job was given to keep its video's landmarks in
             Path(landmarks_cache).write_text(output.name)
-        if sampling is not None:  # the seed the job was given, beside its output
-            output.with_suffix(".seed").write_text(str(sampling.seed))
+        if sampling is not None:  # the seed and face the job was given, beside its output
+            output.with_suffix(".seed").write_text(f"{sampling.seed} {face_near}")
         return FakeReport(f"wrote {output.name} in pid {os.getpid()}")
 
 

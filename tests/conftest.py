@@ -40,9 +40,9 @@ def detections(engine, monkeypatch):
     calls = []
     detect = engine.components.landmarker.detect
 
-    def counting(frame):
+    def counting(frame, near=None):
         calls.append(1)  # list.append is atomic: detection runs on worker threads
-        return detect(frame)
+        return detect(frame, near=near)
 
     monkeypatch.setattr(engine.components.landmarker, "detect", counting)
     return calls

@@ -27,6 +27,7 @@ from fastsync.app.jobs import (
     RANDOM_WEIGHTS_NOTE,
     JobRunner,
     face_input,
+    face_point,
     poll_progress,
     sampling_options,
     user_message,
@@ -95,6 +96,21 @@ def test_each_job_gets_its_own_output_and_report(runner, clip, detections):
     assert second.output.parent != first.output.parent and first.output.is_file()
     assert len(detections) == 0, "the same video again should take its faces from the landmark cache"
     assert len(list(runner.landmarks_dir.glob("*.json"))) == 1
+
+
+def test_a_job_may_take_the_face_nearest_a_point(runner, clip, detections):
+    """The face field: its landmarks are kept apart from the largest face's, per video."""
+    video, short, _, _ = clip
+    runner.run(video, short, QUICK)
+    detections.clear()
+    near = runner.run(video, short, QUICK, face_near=face_point(" 270, 400 "))
+    check_video(near.output, short)
+    assert len(detections) == 10, "faces near a point are not the largest faces' cached landmarks"
+    names = sorted(path.name for path in runner.landmarks_dir.glob("*.json"))
+    assert len(names) == 2 and names[0].endswith("-near270_400.json")  # "-" sorts before "."
+    assert face_point("") is None and face_point(None) is None
+    with pytest.raises(InputError, match="face near 'left' is not a point"):
+        face_point("left")
 
 
 def test_bad_inputs_name_the_file_and_leave_no_job_folder(runner, clip):

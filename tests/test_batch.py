@@ -42,15 +42,17 @@ def test_bad_batch_files_name_the_file(tmp_path, text):
         read_jobs(path)
 
 
-def test_a_job_may_set_its_own_sampling(tmp_path):
-    (tmp_path / "jobs.csv").write_text("video,audio,output,steps,guidance,seed,deepcache_interval\n"
-                                       "v.mp4,a.wav,o.mp4,10,,7,0\nv.mp4,b.wav,p.mp4,,,,\n")
+def test_a_job_may_set_its_own_sampling_and_face(tmp_path):
+    (tmp_path / "jobs.csv").write_text("video,audio,output,steps,guidance,seed,deepcache_interval,face_near\n"
+                                       'v.mp4,a.wav,o.mp4,10,,7,0,"720,480"\nv.mp4,b.wav,p.mp4,,,,,\n')
     (tmp_path / "jobs.json").write_text(json.dumps([{"video": "v.mp4", "audio": "a.wav", "output": "o.mp4",
-                                                     "steps": 10, "seed": 7, "deepcache_interval": 0},
+                                                     "steps": 10, "seed": 7, "deepcache_interval": 0,
+                                                     "face_near": "720,480"},
                                                     {"video": "v.mp4", "audio": "b.wav", "output": "p.mp4"}]))
     for name in ("jobs.csv", "jobs.json"):
         own, plain = read_jobs(tmp_path / name)
         assert own.settings == (("steps", 10), ("seed", 7), ("deepcache_interval", 0)) and plain.settings == ()
+        assert own.face_near == (720, 480) and plain.face_near is None
         batch = SamplingOptions(steps=30, guidance=2.0)
         assert own.sampling(batch) == SamplingOptions(steps=10, guidance=2.0, seed=7, deepcache_interval=0)
         assert plain.sampling(batch) is batch and plain.sampling(None) is None
@@ -62,6 +64,7 @@ def test_a_job_may_set_its_own_sampling(tmp_path):
     ("guidance\nnan", "job 1: guidance 'nan' is not a number"),
     ("steps\n0", "job 1: steps must be >= 1"),
     ("guidence\n2", "job 1 has unknown column\\(s\\) 'guidence'"),
+    ("face_near\n720", "job 1: face_near '720' is not a point"),
 ])
 def test_bad_sampling_cells_name_the_job_and_the_file(tmp_path, cells, message):
     header, value = cells.split("\n")
@@ -74,11 +77,12 @@ def test_bad_sampling_cells_name_the_job_and_the_file(tmp_path, cells, message):
 
 class _FakeEngine:
     def __init__(self, fail_on):
-        self.fail_on, self.calls, self.sampling = fail_on, [], []
+        self.fail_on, self.calls, self.sampling, self.face_near = fail_on, [], [], []
 
-    def run(self, video, audio, output, sampling=None, landmarks_cache=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None):
         self.calls.append(output)
         self.sampling.append(sampling)
+        self.face_near.append(face_near)
         if output.name == self.fail_on:
             raise InputError("broken", video)
 
@@ -99,13 +103,15 @@ def test_a_failing_job_does_not_stop_the_others_and_existing_outputs_are_skipped
     assert any("FAILED" in line and "broken" in line for line in lines)
 
 
-def test_each_job_runs_with_its_own_sampling(tmp_path):
+def test_each_job_runs_with_its_own_sampling_and_face(tmp_path):
     batch = SamplingOptions(steps=30)
-    jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / "own.mp4", settings=(("seed", 3),)),
+    jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / "own.mp4", settings=(("seed", 3),),
+                     face_near=(1.0, 2.0)),
             BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / "plain.mp4")]
     engine = _FakeEngine(fail_on=None)
     assert run_batch(engine, jobs, sampling=batch, echo=lambda line: None) == (2, 0, 0)
     assert engine.sampling == [SamplingOptions(steps=30, seed=3), batch]
+    assert engine.face_near == [(1.0, 2.0), None]
 
 
 def test_batch_cli_runs_two_jobs_with_one_engine(tmp_path, assets_dir):

@@ -198,7 +198,7 @@ SINGLE, DOUBLE, BLANK = range(0, 6), range(6, 12), range(12, 16)
 
 
 @pytest.fixture(scope="module")
-def mixed_job(tmp_path_factory, assets_dir):
+def mixed_clip(tmp_path_factory, assets_dir):
     """16 frames of 900x960: demo1's face alone (0-5), with a smaller demo3 face beside it
     (6-11), then black (12-15); audio of exactly 16 frames, so nothing loops."""
     left = source_frames(assets_dir / "demo1_video.mp4", 12, crop=(330, 240, 870, 1200))
@@ -217,11 +217,20 @@ def mixed_job(tmp_path_factory, assets_dir):
     video = write_clip(tmp / "mixed.mp4", frames)
     audio = trim_wav(assets_dir / "demo1_audio.wav", tmp / "speech.wav", 0.56)
     assert expected_frames(wav_samples(audio)) == 16
-    output = tmp / "out.mp4"
+    return video, audio
+
+
+def _run_mixed(mixed_clip, output: Path, *options: str):
+    video, audio = mixed_clip
     code, stdout = run_cli(["run", "--video", str(video), "--audio", str(audio), "--output", str(output),
-                            *TINY, *QUICK])
+                            *TINY, *QUICK, *options])
     assert code == 0
     return decode_rgb(video), decode_rgb(output), stdout
+
+
+@pytest.fixture(scope="module")
+def mixed_job(mixed_clip, tmp_path_factory):
+    return _run_mixed(mixed_clip, tmp_path_factory.mktemp("mixed_job") / "out.mp4")
 
 
 def test_frames_without_a_face_are_counted_and_kept(mixed_job):
@@ -259,6 +268,37 @@ def test_with_several_faces_only_the_largest_is_changed(mixed_job, landmarker):
         other_mouth, _ = mouth_and_outside(other_box, diff.shape)
         assert diff[mouth].mean() > MOUTH_CHANGED, f"frame {i}: the largest face was not lip-synced"
         assert diff[other_mouth].mean() < UNCHANGED_MEAN, f"frame {i}: the smaller face was changed"
+
+
+@pytest.mark.parametrize("host", ["--host-threads", "--host-processes"])
+def test_face_near_a_point_takes_that_face_instead_of_the_largest(mixed_clip, landmarker, tmp_path, host):
+    """--face-near at the smaller face (right half): it is lip-synced where both show, and the
+    face that is alone is still the nearest one there."""
+    inputs, produced, stdout = _run_mixed(mixed_clip, tmp_path / "near.mp4", "--face-near", "720,480", host)
+    assert f"; {len(DOUBLE)} frame(s) had several faces: the one nearest (720, 480) was used" in stdout
+    for i in DOUBLE:
+        largest = landmarker.detect(inputs[i])
+        chosen = landmarker.detect(inputs[i], near=(720, 480))
+        assert chosen.bbox[0] >= 540 and largest.bbox[2] <= 540  # the right face, the left one
+        diff = abs_diff(produced[i], inputs[i])
+        chosen_mouth, _ = mouth_and_outside(chosen.bbox, diff.shape)
+        largest_mouth, _ = mouth_and_outside(largest.bbox, diff.shape)
+        assert diff[chosen_mouth].mean() > MOUTH_CHANGED, f"frame {i}: the face near the point was not lip-synced"
+        assert diff[largest_mouth].mean() < UNCHANGED_MEAN, f"frame {i}: the largest face was changed"
+    for i in SINGLE:
+        face = landmarker.detect(inputs[i])
+        mouth, _ = mouth_and_outside(face.bbox, (960, 900))
+        assert abs_diff(produced[i], inputs[i])[mouth].mean() > MOUTH_CHANGED, f"frame {i}: mouth unchanged"
+
+
+@pytest.mark.parametrize("value", ["720", "720,480,1", "x,480", "-5,480", "nan,1"])
+def test_a_bad_face_near_point_fails_before_anything_loads(mixed_clip, tmp_path, value, capsys):
+    video, audio = mixed_clip
+    code, _ = run_cli(["run", "--video", str(video), "--audio", str(audio), "--output", str(tmp_path / "o.mp4"),
+                       *TINY, f"--face-near={value}"])  # "=": argparse takes "-5,480" alone for an option
+    assert code != 0
+    assert f"--face-near {value!r} is not a point" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
 
 
 # -- the installed console script --------------------------------------------------------------

@@ -132,6 +132,11 @@ def test_pick_largest_valid_applies_the_reference_filter():
     scores = np.array([0.9, 0.9, 0.9, 0.9], np.float32)  # too short / ok / too wide / ok and larger
     assert ifb.pick_largest_valid(boxes, scores) == (3, 2)
     assert ifb.pick_largest_valid(boxes[:1], scores[:1]) == (None, 0)
+    # near a point: the valid face whose box centre is nearest (box 1's centre is (50, 60))
+    assert ifb.pick_largest_valid(boxes, scores, near=(40, 50)) == (1, 2)
+    assert ifb.pick_largest_valid(boxes, scores, near=(80, 110)) == (3, 2)
+    assert ifb.pick_largest_valid(boxes, scores, near=(30, 40)) == (1, 2)  # box 0 is nearer, but too short
+    assert ifb.pick_largest_valid(boxes[:1], scores[:1], near=(30, 40)) == (None, 0)
 
 
 class _FakeSession:

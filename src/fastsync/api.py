@@ -16,6 +16,7 @@ from fastsync import stages
 from fastsync.denoise import SamplingOptions
 from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
+from fastsync.face.choice import parse_point
 from fastsync.memory import device_memory_errors
 from fastsync.pipeline import Job, JobReport, check_inputs
 from fastsync.progress import ProgressCallback
@@ -76,13 +77,16 @@ class LipSync:
     def run(self, video: str | Path, audio: str | Path, output: str | Path, *,
             sampling: SamplingOptions | None = None, progress: bool = False,
             clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None,
-            host_profile: str | Path | None = None, on_progress: ProgressCallback | None = None) -> JobReport:
+            host_profile: str | Path | None = None, on_progress: ProgressCallback | None = None,
+            face_near: tuple[float, float] | None = None) -> JobReport:
         """Lip-sync `video` to `audio` into `output` (written atomically). `landmarks_cache`:
         a JSON file that keeps face landmarks between runs on the same video. `host_profile`:
         a folder where host worker processes (FastOptions.host_processes) write CPU traces;
         their top ops come back in the report (what `fastsync profile` uses). `on_progress`:
         called as (stage, frames done, frames in the job) whenever a stage moves on; it runs
-        on worker threads, so it must be quick and thread-safe (the web UI's bar uses it)."""
+        on worker threads, so it must be quick and thread-safe (the web UI's bar uses it).
+        `face_near`: (x, y) in pixels of the video as displayed; in a frame with several
+        faces the one nearest that point is lip-synced, not the largest (fastsync.face.choice)."""
         sampling = sampling or SamplingOptions()
         if not self.warmed:  # nothing to do on a CPU or in reference mode
             self.warm_up(sampling)
@@ -90,7 +94,7 @@ class LipSync:
         job = Job(self.components, sampling, progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
                   host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress,
-                  devices=self.devices)
+                  devices=self.devices, face_near=face_near)
         with device_memory_errors(self.components.device, self.components.options.mode, f"lip-syncing {Path(video).name}"):
             return job.run(Path(video), Path(audio), Path(output))
 
@@ -115,6 +119,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
 
 def run_from_args(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)  # validate options and inputs before loading anything
+    face_near = None if args.face_near is None else parse_point(args.face_near)
     check_inputs(args.video, args.audio, args.output)
     overrides = devices_options(args)
     clock = stages.StageClock()
@@ -122,7 +127,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         engine = LipSync.from_options(engine_options_from_args(args, **overrides))
     try:
         report = engine.run(args.video, args.audio, args.output, sampling=sampling, progress=True, clock=clock,
-                            landmarks_cache=args.landmarks_cache)
+                            landmarks_cache=args.landmarks_cache, face_near=face_near)
     finally:
         engine.close()
     print(report.summary())

@@ -3,7 +3,8 @@
 JOBS is a CSV file with a header `video,audio,output` (paths relative to the CSV's
 folder) or a JSON list of {"video", "audio", "output"} objects. Optional columns (keys)
 `steps`, `guidance`, `seed` and `deepcache_interval` set a job's sampling; an empty cell
-keeps the batch's value (the command line's). A failing job is
+keeps the batch's value (the command line's). `face_near` ("X,Y") picks the face nearest
+that point where a frame shows several (fastsync.face.choice). A failing job is
 reported and skipped — its output is never half-written — and the others go on; the
 exit status says whether all succeeded. A job whose output already exists is skipped
 unless --overwrite is given, so an interrupted batch can simply be run again. With
@@ -28,8 +29,10 @@ from pathlib import Path
 
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
+from fastsync.face.choice import parse_point
 
 FIELDS = ("video", "audio", "output")
+FACE_NEAR = "face_near"
 # A job's own sampling values: column -> its type (SamplingOptions' field of that name).
 SETTINGS = {"steps": int, "guidance": float, "seed": int, "deepcache_interval": int}
 
@@ -41,6 +44,7 @@ class BatchJob:
     output: Path
     landmarks: Path | None = None  # the video's landmark file (None: detect its faces afresh)
     settings: tuple[tuple[str, int | float], ...] = ()  # its own sampling values, (name, value) pairs
+    face_near: tuple[float, float] | None = None  # the face nearest this point, not the largest
 
     def sampling(self, batch: SamplingOptions | None) -> SamplingOptions | None:
         """The batch's sampling with this job's own values in place (None: the engine's default)."""
@@ -94,11 +98,12 @@ def read_jobs(path: Path) -> list[BatchJob]:
         if missing:
             raise InputError(f"job {number} lacks {', '.join(missing)}", path,
                              hint="every job needs video, audio and output")
-        unknown = sorted(set(row) - set(FIELDS) - set(SETTINGS))
+        unknown = sorted(set(row) - {*FIELDS, *SETTINGS, FACE_NEAR})
         if unknown:
             raise InputError(f"job {number} has unknown column(s) {', '.join(map(repr, unknown))}", path,
-                             hint=f"the columns are {', '.join((*FIELDS, *SETTINGS))}")
-        jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS), settings=_settings(row, number, path)))
+                             hint=f"the columns are {', '.join((*FIELDS, *SETTINGS, FACE_NEAR))}")
+        jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS), settings=_settings(row, number, path),
+                             face_near=_face_near(row, number, path)))
     if not jobs:
         raise InputError("the batch file lists no jobs", path)
     return jobs
@@ -126,6 +131,13 @@ def _settings(row: dict, number: int, path: Path) -> tuple[tuple[str, int | floa
     return tuple(settings.items())
 
 
+def _face_near(row: dict, number: int, path: Path) -> tuple[float, float] | None:
+    value = row.get(FACE_NEAR)
+    if value is None or str(value).strip() == "":
+        return None
+    return parse_point(str(value), what=f"job {number}: face_near", path=path)
+
+
 def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = False,
               echo=print) -> tuple[int, int, int]:
     """Returns (done, skipped, failed)."""
@@ -138,7 +150,7 @@ def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = 
             continue
         try:
             report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
-                                landmarks_cache=job.landmarks)
+                                landmarks_cache=job.landmarks, face_near=job.face_near)
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
             failed += 1

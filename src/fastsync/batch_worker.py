@@ -84,7 +84,7 @@ def _serve(engine, sampling, conn) -> None:
         _, number, job = message
         try:
             report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
-                                landmarks_cache=job.landmarks)
+                                landmarks_cache=job.landmarks, face_near=job.face_near)
         except FastsyncError as exc:
             conn.send(("failed", number, str(exc)))
             continue

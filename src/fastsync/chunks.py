@@ -39,10 +39,13 @@ class FaceTracker:
     source frame's affine matrix (a few bytes) and re-warp with it.
     """
 
-    def __init__(self, landmarker, resolution: int, workers: ThreadPoolExecutor | None, cache: LandmarkCache):
+    def __init__(self, landmarker, resolution: int, workers: ThreadPoolExecutor | None, cache: LandmarkCache,
+                 near: tuple[float, float] | None = None):
         from fastsync.face.align import Aligner
+        from fastsync.face.choice import face_detector
 
         self.landmarker = landmarker
+        self.detect = face_detector(landmarker, near)  # the largest face, or the one nearest `near`
         self.aligner = Aligner(resolution)
         self.workers = workers
         self.cache = cache
@@ -52,8 +55,8 @@ class FaceTracker:
 
     def _detect(self, frames: list[np.ndarray]) -> list:
         if self.workers is None or len(frames) == 1:
-            return [self.landmarker.detect(f) for f in frames]
-        return list(self.workers.map(self.landmarker.detect, frames))
+            return [self.detect(f) for f in frames]
+        return list(self.workers.map(self.detect, frames))
 
     def _landmarks(self, sources: list[int], frames: list[np.ndarray]) -> None:
         """Fill the cache for every source frame not seen before (detection runs batched)."""

@@ -63,6 +63,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     else:
         g.add_argument("--landmarks-cache", type=Path, default=None,
                        help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
+        g.add_argument("--face-near", default=None, metavar="X,Y",
+                       help="where a frame shows several faces, lip-sync the one nearest this point (pixels of "
+                            "the video as displayed) instead of the largest, as the reference does")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -215,8 +215,9 @@ class LazyLandmarker:
             return DlibLandmarker.name
         return self._build().name
 
-    def detect(self, frame):
-        return self._build().detect(frame)
+    def detect(self, frame, near=None):
+        """The largest face, or with `near` (x, y) the one nearest that point (fastsync.face.choice)."""
+        return self._build().detect(frame, near=near)
 
 
 def load_components(options: EngineOptions) -> Components:

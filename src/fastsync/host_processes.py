@@ -66,6 +66,7 @@ class PrepareSpec:
     landmarks_cache: Path | None
     face_workers: int  # detection threads inside the process
     profile_dir: Path | None = None  # write a CPU trace of this process here (fastsync profile)
+    face_near: tuple[float, float] | None = None  # the face nearest this point, not the largest
 
 
 @dataclass(frozen=True)
@@ -192,14 +193,15 @@ def _prepare_main(spec: PrepareSpec, outbox, parent: int) -> None:
     from fastsync.chunks import FaceTracker, iter_chunks
     from fastsync.engine import LazyLandmarker
     from fastsync.face.cache import LandmarkCache
+    from fastsync.face.choice import cache_backend
 
     try:
         profile = _Profile(spec.profile_dir, "prepare")
         clock = stages.StageClock()
         landmarker = LazyLandmarker(spec.face_backend, spec.checkpoint_dir, torch.device(spec.device))
-        cache = LandmarkCache(spec.landmarks_cache, spec.video, landmarker.name)
+        cache = LandmarkCache(spec.landmarks_cache, spec.video, cache_backend(landmarker.name, spec.face_near))
         workers = ThreadPoolExecutor(spec.face_workers) if spec.face_workers > 1 else None
-        tracker = FaceTracker(landmarker, spec.resolution, workers, cache)
+        tracker = FaceTracker(landmarker, spec.resolution, workers, cache, near=spec.face_near)
         for chunk in iter_chunks(spec.video, spec.frames, spec.step, tracker, clock, keep_frames=False):
             faces = None if chunk.faces is None else chunk.faces.numpy()
             _put(outbox, ("chunk", chunk.index, chunk.start, chunk.count, faces, chunk.affines), parent)

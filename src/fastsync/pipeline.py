@@ -39,6 +39,7 @@ from fastsync.denoise import ChunkDenoiser, SamplingOptions
 from fastsync.engine import Components
 from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
+from fastsync.face.choice import cache_backend
 from fastsync.job_devices import ChunkDevices, ChunkRouter, RemoteFaces
 from fastsync.progress import Progress, ProgressCallback
 from fastsync.timeline import ChunkTimeline
@@ -63,6 +64,7 @@ class JobReport:
     timeline: dict = field(default_factory=dict)
     # a job over several devices (fastsync.job_devices): the chunks each one denoised
     chunks_per_device: dict[str, int] | None = None
+    face_near: tuple[float, float] | None = None  # the point whose nearest face was taken (face.choice)
 
     @property
     def fps(self) -> float:
@@ -73,7 +75,8 @@ class JobReport:
         if self.frames_without_face:
             text += f"; {self.frames_without_face} frame(s) had no face and were kept unchanged"
         if self.frames_with_several_faces:
-            text += f"; {self.frames_with_several_faces} frame(s) had several faces: the largest was used"
+            taken = "the largest" if self.face_near is None else "the one nearest ({:g}, {:g})".format(*self.face_near)
+            text += f"; {self.frames_with_several_faces} frame(s) had several faces: {taken} was used"
         if self.chunks_per_device:
             text += "; chunks denoised on " + ", ".join(f"{d}: {n}" for d, n in self.chunks_per_device.items())
         return text
@@ -163,8 +166,9 @@ class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
                  clock: stages.StageClock | None = None, landmarks_cache: Path | None = None,
                  host_profile: Path | None = None, on_progress: ProgressCallback | None = None,
-                 devices: ChunkDevices | None = None):
+                 devices: ChunkDevices | None = None, face_near: tuple[float, float] | None = None):
         self.c = components
+        self.face_near = face_near  # lip-sync the face nearest this point, not the largest (face.choice)
         self.devices = devices  # further devices that denoise some of the chunks (fastsync.job_devices)
         labels = [str(components.device)] if devices is None else [devices.own_label, *devices.labels]
         self._router = ChunkRouter(labels)
@@ -217,8 +221,8 @@ class Job:
 
         denoiser = self._denoiser()
         workers = self._face_workers()
-        cache = LandmarkCache(self.landmarks_cache, video, self.c.landmarker.name)
-        tracker = FaceTracker(self.c.landmarker, self.c.options.resolution, workers, cache)
+        cache = LandmarkCache(self.landmarks_cache, video, cache_backend(self.c.landmarker.name, self.face_near))
+        tracker = FaceTracker(self.c.landmarker, self.c.options.resolution, workers, cache, near=self.face_near)
         bar = Progress(n, enabled=self.progress, on_update=self.on_progress)
         try:
             fast = self.c.options.fast
@@ -242,7 +246,7 @@ class Job:
         seconds = time.perf_counter() - started
         return JobReport(output, n, seconds, tracker.without_face, tracker.several_faces, self.clock.as_dict(),
                          self.mouth_boxes, timeline=self.timeline.as_dict(seconds),
-                         chunks_per_device=self._router.counts())
+                         chunks_per_device=self._router.counts(), face_near=self.face_near)
 
     def _run_in_processes(self, video: Path, audio_path: Path, output: Path, info, n: int,
                           started: float) -> JobReport:
@@ -278,7 +282,7 @@ class Job:
         seconds = time.perf_counter() - started
         return JobReport(output, n, seconds, host.without_face, host.several_faces, self.clock.as_dict(),
                          self.mouth_boxes, host.top_ops or None, self.timeline.as_dict(seconds),
-                         self._router.counts())
+                         self._router.counts(), self.face_near)
 
     def _host_specs(self, video: Path, audio_path: Path, output: Path, info, n: int):
         from fastsync.host_processes import FinishSpec, PrepareSpec
@@ -289,7 +293,7 @@ class Job:
                                 "process builds its copy); use host_processes=False with a custom one")
         prepare = PrepareSpec(video, n, self.sampling.num_frames, self.c.options.resolution, landmarker.kind,
                               landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
-                              fast.face_workers, self.host_profile)
+                              fast.face_workers, self.host_profile, self.face_near)
         finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
                             fast.x264_threads, fast.face_workers, self.host_profile)
         return prepare, finish

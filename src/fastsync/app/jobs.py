@@ -23,6 +23,7 @@ from fastsync.api import LipSync
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.face.cache import file_sha256
+from fastsync.face.choice import parse_point
 from fastsync.pipeline import JobReport, check_inputs
 from fastsync.progress import BARS
 
@@ -124,27 +125,29 @@ class JobRunner:
                 f"{o.mode} mode, loaded in {self.engine.load_seconds:.1f} s")
 
     def run(self, video: str | Path | None, audio: str | Path | None, sampling: SamplingOptions,
-            progress: ReportProgress | None = None) -> JobResult:
-        """Lip-sync `video` to `audio` into a new job folder; FastsyncError names a bad input."""
+            progress: ReportProgress | None = None, face_near: tuple[float, float] | None = None) -> JobResult:
+        """Lip-sync `video` to `audio` into a new job folder; FastsyncError names a bad input.
+        `face_near`: where frames show several faces, the one nearest this point (face.choice)."""
         video, audio = _required(video, "video or photo"), _required(audio, "audio")
         with self._lock:
             folder = self.new_job_dir()
             try:
-                report = self._run_in(folder, video, audio, sampling, progress)
+                report = self._run_in(folder, video, audio, sampling, progress, face_near)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a failed job leaves nothing behind
                 raise
         return JobResult(report.output, report, report_text(report))
 
     def _run_in(self, folder: Path, video: Path, audio: Path, sampling: SamplingOptions,
-                progress: ReportProgress | None) -> JobReport:
+                progress: ReportProgress | None, face_near: tuple[float, float] | None) -> JobReport:
         output = folder / f"{video.stem}_synced.mp4"
         # Bad files fail now with fastsync's own messages, before the video is hashed for the
         # landmark cache (the job checks them again: one more audio decode, which is cheap).
         check_inputs(video, audio, output)
         if progress is not None:
             progress(0.0, "reading audio")
-        return self.engine.run(video, audio, output, sampling=sampling, landmarks_cache=self._landmarks_cache(video),
+        return self.engine.run(video, audio, output, sampling=sampling,
+                               landmarks_cache=self._landmarks_cache(video, face_near), face_near=face_near,
                                on_progress=None if progress is None else StageProgress(progress))
 
     def new_job_dir(self) -> Path:
@@ -161,11 +164,13 @@ class JobRunner:
         for old in folders[: max(0, len(folders) - self.keep_jobs + 1)]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _landmarks_cache(self, video: Path) -> Path:
+    def _landmarks_cache(self, video: Path, face_near: tuple[float, float] | None = None) -> Path:
         # The cache file checks the video's hash itself; naming it by the hash as well lets
-        # every uploaded copy of one video (each lands in a new upload folder) share it.
+        # every uploaded copy of one video (each lands in a new upload folder) share it. The
+        # faces chosen near a point are another set of landmarks: another file.
         self.landmarks_dir.mkdir(parents=True, exist_ok=True)
-        return self.landmarks_dir / f"{file_sha256(video)}.json"
+        near = "" if face_near is None else "-near{:g}_{:g}".format(*face_near)
+        return self.landmarks_dir / f"{file_sha256(video)}{near}.json"
 
 
 def user_message(exc: FastsyncError) -> str:
@@ -173,6 +178,11 @@ def user_message(exc: FastsyncError) -> str:
     temp folder, whose path means nothing to whoever uploaded it."""
     text = str(exc)
     return text if exc.path is None else text.replace(str(exc.path), exc.path.name)
+
+
+def face_point(text: str | None) -> tuple[float, float] | None:
+    """The page's "face near" field: empty for the reference's choice (the largest face)."""
+    return None if text is None or not str(text).strip() else parse_point(str(text), what="face near")
 
 
 def face_input(video: str | Path | None, photo: str | Path | None) -> str | Path | None:

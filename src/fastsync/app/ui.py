@@ -11,6 +11,7 @@ from fastsync.app.jobs import (
     RANDOM_WEIGHTS_NOTE,
     JobRunner,
     face_input,
+    face_point,
     poll_progress,
     sampling_options,
     user_message,
@@ -24,13 +25,14 @@ DELETE_CACHE = (3600, 86400)
 
 
 def _lipsync_handler(runner: JobRunner):
-    # `photo` comes after the sampling values, so that API callers written before it keep working.
-    def lipsync(video, audio, steps, guidance, seed, deepcache_interval, photo=None,
+    # `photo` and `face_near` come after the sampling values, so that API callers written
+    # before them keep working; their default None makes them optional in gradio's client.
+    def lipsync(video, audio, steps, guidance, seed, deepcache_interval, photo=None, face_near=None,
                 progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar through this default)
         try:
             sampling = sampling_options(steps, guidance, seed, deepcache_interval)
-            face = face_input(video, photo)
-            result = poll_progress(lambda report: runner.run(face, audio, sampling, progress=report),
+            face, near = face_input(video, photo), face_point(face_near)
+            result = poll_progress(lambda report: runner.run(face, audio, sampling, progress=report, face_near=near),
                                    lambda fraction, text: progress(fraction, desc=text))
         except FastsyncError as exc:
             raise gr.Error(user_message(exc), duration=None, print_exception=False) from exc
@@ -69,12 +71,15 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                                          sources=["upload"], format="png")
                 audio = gr.Audio(label="New audio track", type="filepath", sources=["upload", "microphone"])
                 controls = _sampling_controls(SamplingOptions())
+                with gr.Accordion("Several faces in the picture?", open=False):
+                    face_near = gr.Textbox(label="Lip-sync the face nearest this point (x, y in pixels)",
+                                           placeholder="empty: the largest face, as LatentSync does")
                 button = gr.Button("Lip-sync", variant="primary")
             with gr.Column():
                 result = gr.Video(label="Lip-synced video", interactive=False)
                 download = gr.File(label="Download", interactive=False)
                 report = gr.Textbox(label="Report", lines=9, interactive=False)
-        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo], outputs=[result, download, report],
+        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo, face_near], outputs=[result, download, report],
                      api_name=API_NAME, concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
     return app

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from fastsync.errors import CheckpointError
+from fastsync.face.choice import Point, nearest
 from fastsync.face.landmarks import FaceResult, Landmarker, check_frame
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -113,11 +114,12 @@ class DlibLandmarker(Landmarker):
         shape = self.predictor(frame, self._dlib.rectangle(x1, y1, x2 - 1, y2 - 1))
         return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], dtype=np.float64)
 
-    def detect(self, frame: np.ndarray) -> FaceResult | None:
+    def detect(self, frame: np.ndarray, near: Point | None = None) -> FaceResult | None:
+        """The largest face, or with `near` the one whose box centre is nearest that point."""
         frame = check_frame(frame)
         boxes = self._boxes(frame)
         if not boxes:
             return None
-        *box, score = boxes[0]
+        *box, score = boxes[0] if near is None else boxes[nearest(boxes, near)]
         points3 = points3_from_68(self.landmarks68(frame, tuple(box)))
         return FaceResult(points3, (box[0], box[1], box[2], box[3]), len(boxes), float(score))

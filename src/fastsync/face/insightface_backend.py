@@ -48,6 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fastsync.face.choice import Point, nearest
 from fastsync.face.landmarks import FaceResult, Landmarker, check_frame
 
 MODEL_SUBDIR = ("auxiliary", "models", "buffalo_l")
@@ -179,10 +180,11 @@ def decode_scrfd(outputs: Sequence[np.ndarray], input_size: int, threshold: floa
     return np.concatenate(boxes), np.concatenate(scores), kps
 
 
-def pick_largest_valid(boxes: np.ndarray, scores: np.ndarray) -> tuple[int | None, int]:
+def pick_largest_valid(boxes: np.ndarray, scores: np.ndarray, near: Point | None = None) -> tuple[int | None, int]:
     """The reference's choice among detections (given best score first): (index of the
-    largest valid face or None, number of valid faces)."""
-    best, best_area, valid = None, 0, 0
+    largest valid face or None, number of valid faces). With `near`, the valid face whose
+    box centre is nearest that point instead (fastsync.face.choice)."""
+    best, best_area, valid = None, 0, []
     for i, (box, score) in enumerate(zip(boxes, scores)):
         x1, y1, x2, y2 = box.astype(np.int_).tolist()  # truncation, as the reference
         w, h = x2 - x1, y2 - y1
@@ -190,10 +192,12 @@ def pick_largest_valid(boxes: np.ndarray, scores: np.ndarray) -> tuple[int | Non
             continue
         if not ASPECT_MIN <= w / h <= ASPECT_MAX or score < MIN_SCORE:
             continue
-        valid += 1
+        valid.append(i)
         if w * h > best_area:
             best, best_area = i, w * h
-    return best, valid
+    if near is not None and valid:
+        best = valid[nearest([boxes[i] for i in valid], near)]
+    return best, len(valid)
 
 
 # -- landmarks -------------------------------------------------------------------------------
@@ -292,10 +296,11 @@ class InsightFaceLandmarker(Landmarker):
         prediction = self.landmarker.run(self._lmk_outputs, {self._lmk_input: blob})[0][0]
         return decode_landmarks(prediction, matrix, LMK_SIZE, LMK_COUNT)
 
-    def detect(self, frame: np.ndarray) -> FaceResult | None:
+    def detect(self, frame: np.ndarray, near: Point | None = None) -> FaceResult | None:
+        """The largest valid face, or with `near` the one nearest that point."""
         frame = check_frame(frame)
         boxes, scores = self.detect_faces(frame)
-        best, valid = pick_largest_valid(boxes, scores)
+        best, valid = pick_largest_valid(boxes, scores, near)
         if best is None:
             return None
         box = boxes[best]

@@ -44,7 +44,9 @@ def _all_threads_config():
 
 def profile_run(args: argparse.Namespace) -> dict:
     from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
+    from fastsync.face.choice import parse_point
 
+    face_near = None if args.face_near is None else parse_point(args.face_near)  # bad values fail before the load
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "output.mp4"
@@ -76,7 +78,8 @@ def profile_run(args: argparse.Namespace) -> dict:
                                 on_trace_ready=torch.profiler.tensorboard_trace_handler(str(trace_dir))) as prof:
         job_started = time.perf_counter()
         report = engine.run(args.video, args.audio, output, sampling=sampling, progress=True, clock=clock,
-                            landmarks_cache=args.landmarks_cache, host_profile=trace_dir)
+                            landmarks_cache=args.landmarks_cache, host_profile=trace_dir,
+                            face_near=face_near)
         job_wall = time.perf_counter() - job_started
 
     quality = None
