@@ -44,7 +44,9 @@ class FaceResult:
 
 @runtime_checkable
 class Landmarker(Protocol):
-    """Finds the largest face in an RGB uint8 (H, W, 3) frame; None when there is none."""
+    """Finds the largest face in an RGB uint8 (H, W, 3) frame; None when there is none.
+    fastsync's backends also take `near=(x, y)`: the face nearest that point instead
+    (fastsync.face.choice); a landmarker without it serves jobs that give no point."""
 
     name: str
 
