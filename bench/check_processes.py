@@ -45,7 +45,7 @@ def _inputs(resolution: int):
     }
 
 
-def child(overrides: dict, model_size: str, device: str, npz: Path) -> dict:
+def child(overrides: dict, model_size: str, device: str, steps: int, npz: Path) -> dict:
     import torch
 
     from fastsync.api import LipSync
@@ -61,7 +61,7 @@ def child(overrides: dict, model_size: str, device: str, npz: Path) -> dict:
     overrides = {k: bool(v) if isinstance(getattr(defaults, k), bool) else v for k, v in overrides.items()}
     fast = dataclasses.replace(defaults, **overrides)
     options = EngineOptions(random_weights=True, device=device, model_size=model_size, fast=fast)
-    sampling = SamplingOptions()
+    sampling = SamplingOptions(steps=steps)
     engine = LipSync.from_options(options)
     engine.warm_up(sampling)
     ready = time.perf_counter() - started
@@ -143,13 +143,14 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="name:cache=DIR,option=value,...")
     parser.add_argument("--model-size", default="full")
     parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the chunks (default 20, official)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--overrides", default="{}")
     parser.add_argument("--npz", type=Path)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.overrides), args.model_size, args.device, args.npz)), flush=True)
+        print(json.dumps(child(json.loads(args.overrides), args.model_size, args.device, args.steps, args.npz)), flush=True)
         return
 
     import subprocess
@@ -163,7 +164,7 @@ def main() -> None:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(root / f"cache-{cache}"), **extra_env)
         npz = root / f"{name}.npz"
         cmd = [sys.executable, "-m", "bench.check_processes", "--child", "--model-size", args.model_size,
-               "--device", args.device,
+               "--device", args.device, "--steps", str(args.steps),
                "--overrides", json.dumps(overrides), "--npz", str(npz)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
