@@ -217,7 +217,8 @@ class LazyLandmarker:
 
     def detect(self, frame, near=None):
         """The largest face, or with `near` (x, y) the one nearest that point (fastsync.face.choice)."""
-        return self._build().detect(frame, near=near)
+        landmarker = self._build()
+        return landmarker.detect(frame) if near is None else landmarker.detect(frame, near=near)
 
 
 def load_components(options: EngineOptions) -> Components:
