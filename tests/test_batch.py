@@ -167,3 +167,20 @@ def test_a_landmarks_dir_that_cannot_be_made_fails_before_the_models_load(tmp_pa
                  "--random-weights", "--model-size", "tiny", "--device", "cpu"])
     assert code == 2
     assert f"{tmp_path / 'taken'}: cannot create the landmarks folder" in capsys.readouterr().err
+
+
+def test_batch_face_near_is_the_default_of_jobs_without_their_own(tmp_path, monkeypatch):
+    from fastsync import api, batch
+
+    given = []
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: "engine")
+    monkeypatch.setattr(batch, "run_batch", lambda engine, jobs, **options: given.extend(jobs) or (2, 0, 0))
+    (tmp_path / "jobs.csv").write_text('video,audio,output,face_near\nv.mp4,a.wav,o.mp4,"1,2"\nv.mp4,b.wav,p.mp4,\n')
+    tiny = ["--random-weights", "--model-size", "tiny", "--device", "cpu"]
+    assert main(["batch", str(tmp_path / "jobs.csv"), *tiny, "--face-near", "30,40"]) == 0
+    assert [job.face_near for job in given] == [(1.0, 2.0), (30.0, 40.0)]
+    given.clear()
+    assert main(["batch", str(tmp_path / "jobs.csv"), *tiny]) == 0
+    assert [job.face_near for job in given] == [(1.0, 2.0), None]
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: pytest.fail("the models were loaded"))
+    assert main(["batch", str(tmp_path / "jobs.csv"), *tiny, "--face-near=-1,2"]) == 2

@@ -4,7 +4,8 @@ JOBS is a CSV file with a header `video,audio,output` (paths relative to the CSV
 folder) or a JSON list of {"video", "audio", "output"} objects. Optional columns (keys)
 `steps`, `guidance`, `seed` and `deepcache_interval` set a job's sampling; an empty cell
 keeps the batch's value (the command line's). `face_near` ("X,Y") picks the face nearest
-that point where a frame shows several (fastsync.face.choice). A failing job is
+that point where a frame shows several (fastsync.face.choice); empty, the command line's
+--face-near or the largest face. A failing job is
 reported and skipped — its output is never half-written — and the others go on; the
 exit status says whether all succeeded. A job whose output already exists is skipped
 unless --overwrite is given, so an interrupted batch can simply be run again. With

@@ -4,6 +4,7 @@ heavy modules are imported inside them so `fastsync --help` stays instant."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -63,9 +64,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, batch: bool = False) -> None
     else:
         g.add_argument("--landmarks-cache", type=Path, default=None,
                        help="JSON file keeping face landmarks between runs on the same video (dubbing many tracks)")
-        g.add_argument("--face-near", default=None, metavar="X,Y",
-                       help="where a frame shows several faces, lip-sync the one nearest this point (pixels of "
-                            "the video as displayed) instead of the largest, as the reference does")
+    g.add_argument("--face-near", default=None, metavar="X,Y",
+                   help="where a frame shows several faces, lip-sync the one nearest this point (pixels of the "
+                        "video as displayed) instead of the largest, as the reference does"
+                        + ("; a job's face_near column overrides it" if batch else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +145,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from fastsync.batch import landmark_files, read_jobs, run_batch
 
     jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
+    if args.face_near is not None:  # the jobs that name no face of their own
+        from fastsync.face.choice import parse_point
+
+        near = parse_point(args.face_near)
+        jobs = [job if job.face_near is not None else dataclasses.replace(job, face_near=near) for job in jobs]
     sampling = sampling_from_args(args)
     devices = devices_from_args(args)
     if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
