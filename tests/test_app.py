@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from job_clips import expected_frames, inspect, source_frames, trim_wav, wav_samples, write_clip
@@ -26,8 +27,10 @@ from fastsync.api import LipSync
 from fastsync.app.jobs import (
     RANDOM_WEIGHTS_NOTE,
     JobRunner,
+    clicked_point,
     face_input,
     face_point,
+    first_frame,
     poll_progress,
     sampling_options,
     user_message,
@@ -210,13 +213,34 @@ def serve(tmp_path, monkeypatch):
 def test_page_says_random_weights_and_runs_one_job_at_a_time(runner):
     import gradio as gr
 
-    from fastsync.app.ui import build_app
+    from fastsync.app.ui import _clicked, build_app
 
     app = build_app(runner)
     notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
     assert any(RANDOM_WEIGHTS_NOTE in note for note in notes)
     (job,) = [fn for fn in app.fns.values() if fn.api_name == "lipsync"]
     assert job.concurrency_limit == 1
+    # the face picker's helpers: a click on the preview fills the face field; they stay out
+    # of the job queue and out of the API
+    helpers = [fn for fn in app.fns.values() if fn.fn in (first_frame, _clicked)]
+    assert sorted(fn.fn.__name__ for fn in helpers) == ["_clicked", "first_frame", "first_frame"]
+    assert all(fn.queue is False and fn.api_visibility == "private" for fn in helpers)
+
+
+def test_the_face_picker_shows_the_first_frame_upright_and_reads_a_click(clip, tmp_path):
+    from PIL import Image
+
+    video, _, _, not_a_video = clip
+    frame = first_frame(video)
+    assert frame.shape == (960, 540, 3) and frame.dtype == np.uint8
+    sideways = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn clockwise to view
+    Image.fromarray(np.ascontiguousarray(np.rot90(frame))).save(sideways, exif=exif)
+    assert first_frame(sideways).shape == (960, 540, 3)  # upright, in the pixels --face-near counts
+    assert first_frame(None) is None and first_frame(not_a_video) is None
+    assert clicked_point([720.4, 480.6]) == "720,481"
+    assert face_point(clicked_point((12, 34))) == (12.0, 34.0)
 
 
 def test_lipsync_through_the_served_page(serve, runner, clip):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from fastsync.api import LipSync
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
@@ -178,6 +180,26 @@ def user_message(exc: FastsyncError) -> str:
     temp folder, whose path means nothing to whoever uploaded it."""
     text = str(exc)
     return text if exc.path is None else text.replace(str(exc.path), exc.path.name)
+
+
+def first_frame(path: str | Path | None) -> np.ndarray | None:
+    """The picture to click on for the face field: a video's first frame (or the photo),
+    upright as displayed, in the pixels --face-near counts. None for no file or a file that
+    does not decode: the job itself then names the problem."""
+    if path is None or str(path) == "":
+        return None
+    from fastsync.media.video import iter_frames_25fps
+
+    try:
+        return next(iter(iter_frames_25fps(path, max_frames=1)), None)
+    except FastsyncError:
+        return None
+
+
+def clicked_point(index) -> str:
+    """The face field's text for a click at image pixel `index` (x, y)."""
+    x, y = index
+    return f"{int(round(x))},{int(round(y))}"
 
 
 def face_point(text: str | None) -> tuple[float, float] | None:

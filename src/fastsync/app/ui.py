@@ -10,8 +10,10 @@ import gradio as gr
 from fastsync.app.jobs import (
     RANDOM_WEIGHTS_NOTE,
     JobRunner,
+    clicked_point,
     face_input,
     face_point,
+    first_frame,
     poll_progress,
     sampling_options,
     user_message,
@@ -39,6 +41,10 @@ def _lipsync_handler(runner: JobRunner):
         return str(result.output), str(result.output), result.text
 
     return lipsync
+
+
+def _clicked(event: gr.SelectData) -> str:
+    return clicked_point(event.index)
 
 
 def _sampling_controls(defaults: SamplingOptions) -> list:
@@ -72,6 +78,7 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                 audio = gr.Audio(label="New audio track", type="filepath", sources=["upload", "microphone"])
                 controls = _sampling_controls(SamplingOptions())
                 with gr.Accordion("Several faces in the picture?", open=False):
+                    preview = gr.Image(label="Click the face to lip-sync", interactive=False)
                     face_near = gr.Textbox(label="Lip-sync the face nearest this point (x, y in pixels)",
                                            placeholder="empty: the largest face, as LatentSync does")
                 button = gr.Button("Lip-sync", variant="primary")
@@ -79,6 +86,12 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                 result = gr.Video(label="Lip-synced video", interactive=False)
                 download = gr.File(label="Download", interactive=False)
                 report = gr.Textbox(label="Report", lines=9, interactive=False)
+        # Page-only helpers, outside the job queue (a running job must not hold them up) and
+        # outside the API: the first frame to click on, and the click as the face field's point.
+        helper = {"queue": False, "api_visibility": "private"}
+        for source in (video, photo):
+            source.change(first_frame, inputs=source, outputs=preview, **helper)
+        preview.select(_clicked, inputs=None, outputs=face_near, **helper)
         button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo, face_near], outputs=[result, download, report],
                      api_name=API_NAME, concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
