@@ -117,9 +117,14 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingOptions:
         raise FastsyncError(str(exc), hint="see `fastsync run --help`") from exc
 
 
+def face_near_from_args(args: argparse.Namespace) -> tuple[float, float] | None:
+    """`--face-near X,Y` of run, profile and batch, checked before any load; None when not given."""
+    return None if args.face_near is None else parse_point(args.face_near)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)  # validate options and inputs before loading anything
-    face_near = None if args.face_near is None else parse_point(args.face_near)
+    face_near = face_near_from_args(args)
     check_inputs(args.video, args.audio, args.output)
     overrides = devices_options(args)
     clock = stages.StageClock()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
-from fastsync.face.choice import parse_point
+from fastsync.face.choice import optional_point
 
 FIELDS = ("video", "audio", "output")
 FACE_NEAR = "face_near"
@@ -104,7 +104,7 @@ def read_jobs(path: Path) -> list[BatchJob]:
             raise InputError(f"job {number} has unknown column(s) {', '.join(map(repr, unknown))}", path,
                              hint=f"the columns are {', '.join((*FIELDS, *SETTINGS, FACE_NEAR))}")
         jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS), settings=_settings(row, number, path),
-                             face_near=_face_near(row, number, path)))
+                             face_near=optional_point(row.get(FACE_NEAR), f"job {number}: face_near", path)))
     if not jobs:
         raise InputError("the batch file lists no jobs", path)
     return jobs
@@ -130,13 +130,6 @@ def _settings(row: dict, number: int, path: Path) -> tuple[tuple[str, int | floa
     except ValueError as exc:
         raise InputError(f"job {number}: {exc}", path) from None
     return tuple(settings.items())
-
-
-def _face_near(row: dict, number: int, path: Path) -> tuple[float, float] | None:
-    value = row.get(FACE_NEAR)
-    if value is None or str(value).strip() == "":
-        return None
-    return parse_point(str(value), what=f"job {number}: face_near", path=path)
 
 
 def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = False,

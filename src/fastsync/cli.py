@@ -141,14 +141,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from fastsync.api import LipSync, devices_from_args, engine_options_from_args, sampling_from_args
+    from fastsync.api import (
+        LipSync,
+        devices_from_args,
+        engine_options_from_args,
+        face_near_from_args,
+        sampling_from_args,
+    )
     from fastsync.batch import landmark_files, read_jobs, run_batch
 
     jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
-    if args.face_near is not None:  # the jobs that name no face of their own
-        from fastsync.face.choice import parse_point
-
-        near = parse_point(args.face_near)
+    near = face_near_from_args(args)
+    if near is not None:  # the jobs that name no face of their own
         jobs = [job if job.face_near is not None else dataclasses.replace(job, face_near=near) for job in jobs]
     sampling = sampling_from_args(args)
     devices = devices_from_args(args)

@@ -25,7 +25,7 @@ from fastsync.api import LipSync
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.face.cache import file_sha256
-from fastsync.face.choice import parse_point
+from fastsync.face.choice import optional_point
 from fastsync.pipeline import JobReport, check_inputs
 from fastsync.progress import BARS
 
@@ -191,7 +191,7 @@ def first_frame(path: str | Path | None) -> np.ndarray | None:
     from fastsync.media.video import iter_frames_25fps
 
     try:
-        return next(iter(iter_frames_25fps(path, max_frames=1)), None)
+        return next(iter_frames_25fps(path, max_frames=1), None)
     except FastsyncError:
         return None
 
@@ -204,7 +204,7 @@ def clicked_point(index) -> str:
 
 def face_point(text: str | None) -> tuple[float, float] | None:
     """The page's "face near" field: empty for the reference's choice (the largest face)."""
-    return None if text is None or not str(text).strip() else parse_point(str(text), what="face near")
+    return optional_point(text, what="face near")
 
 
 def face_input(video: str | Path | None, photo: str | Path | None) -> str | Path | None:

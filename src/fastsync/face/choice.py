@@ -36,6 +36,12 @@ def parse_point(text: str, what: str = "--face-near", path=None) -> Point:
     return x, y
 
 
+def optional_point(text: str | None, what: str = "--face-near", path=None) -> Point | None:
+    """parse_point, where an absent or blank value means no point (the largest face): a batch
+    file's empty cell, the page's empty field."""
+    return None if text is None or not str(text).strip() else parse_point(str(text), what, path)
+
+
 def nearest(boxes: Sequence[Sequence[float]], point: Point) -> int:
     """Index of the box (x1, y1, x2, y2, ...) whose centre is nearest `point`; the first of equals."""
     centres = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes], dtype=np.float64)

@@ -43,10 +43,9 @@ def _all_threads_config():
 
 
 def profile_run(args: argparse.Namespace) -> dict:
-    from fastsync.api import LipSync, engine_options_from_args, sampling_from_args
-    from fastsync.face.choice import parse_point
+    from fastsync.api import LipSync, engine_options_from_args, face_near_from_args, sampling_from_args
 
-    face_near = None if args.face_near is None else parse_point(args.face_near)  # bad values fail before the load
+    face_near = face_near_from_args(args)  # bad values fail before the load
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "output.mp4"
