@@ -102,6 +102,8 @@ class LipSync:
 def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOptions:
     values = dict(version=args.version, checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights,
                   model_size=args.model_size, device=args.device, face_backend=args.face_backend, mode=args.mode)
+    if getattr(args, "output_audio", None) is not None:  # run, batch, app and profile have it
+        values["output_audio"] = args.output_audio
     chosen = getattr(args, "host_processes", None)  # --host-processes / --host-threads
     if chosen is not None:
         values["fast"] = FastOptions(host_processes=chosen)

@@ -40,6 +40,13 @@ def _add_mode_options(g) -> None:
                       help="fast mode: the same in threads of the job process (the default on a CPU)")
 
 
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument_group("output").add_argument(
+        "--output-audio", choices=["source", "reference"], default="source",
+        help="the output's audio track: source = the audio file's own sample rate and channels (up to 48 kHz "
+             "stereo, the default); reference = 16 kHz mono, as the reference writes it")
+
+
 def _add_app_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("web server")
     g.add_argument("--host", default="127.0.0.1",
@@ -87,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(every visible GPU); decoding, paste-back and encoding stay one pipeline")
     _add_model_options(p)
     _add_run_options(p)
+    _add_output_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("batch", help="run many jobs listed in a CSV/JSON file, loading the models once")
@@ -97,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(every visible GPU), or cpu,cpu (CPU workers)")
     _add_model_options(p)
     _add_run_options(p, batch=True)
+    _add_output_options(p)
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("app", help="serve a web UI (gradio) that lip-syncs uploads; loads the models once")
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_mode_options(p.add_argument_group("mode"))
     _add_app_options(p)
+    _add_output_options(p)
     p.set_defaults(func=_cmd_app)
 
     p = sub.add_parser("warmup", help="compile fast mode now and keep it on disk, so later processes start sooner")
@@ -130,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="two report.json files")
     _add_model_options(p)
     _add_run_options(p)
+    _add_output_options(p)
     p.set_defaults(func=_cmd_profile)
     return parser
 

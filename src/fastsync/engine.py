@@ -133,6 +133,10 @@ class EngineOptions:
     # Further devices that denoise a job's chunks beside `device`, one worker process each
     # with its own copy of the models (fastsync.job_devices; `fastsync run --devices`).
     chunk_devices: tuple[str, ...] = ()
+    # The output's audio track: "source" = the audio file's own rate and channels (up to
+    # 48 kHz stereo); "reference" = the 16 kHz mono the features were computed from, as the
+    # reference muxes it (fastsync.media.audio_track).
+    output_audio: str = "source"
     fast: FastOptions = field(default_factory=FastOptions)
 
     def __post_init__(self):
@@ -142,6 +146,8 @@ class EngineOptions:
             raise FastsyncError(f"unknown model size {self.model_size!r}; choose full or tiny")
         if self.mode not in ("fast", "reference"):
             raise FastsyncError(f"unknown mode {self.mode!r}; choose fast or reference")
+        if self.output_audio not in ("source", "reference"):
+            raise FastsyncError(f"unknown output audio {self.output_audio!r}; choose source or reference")
 
     @property
     def resolution(self) -> int:

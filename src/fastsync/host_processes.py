@@ -81,6 +81,7 @@ class FinishSpec:
     x264_threads: int
     face_workers: int  # paste-back threads inside the process
     profile_dir: Path | None = None
+    output_audio: str = "source"  # EngineOptions.output_audio
 
 
 def _context():
@@ -221,6 +222,7 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from fastsync.chunks import paste_chunk
+    from fastsync.media.audio_track import job_audio_track
     from fastsync.media.video import FrameSource
     from fastsync.media.writer import VideoWriter
     from fastsync.pipeline import AUDIO_SAMPLE_RATE, VIDEO_FPS, load_job_audio
@@ -228,11 +230,12 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
     try:
         profile = _Profile(spec.profile_dir, "finish")
         clock = stages.StageClock()
-        samples = load_job_audio(spec.audio)[: int(spec.frames / VIDEO_FPS * AUDIO_SAMPLE_RATE)]
+        samples = load_job_audio(spec.audio) if spec.output_audio == "reference" else None
+        track = job_audio_track(spec.output_audio, spec.audio, samples, AUDIO_SAMPLE_RATE)
         workers = ThreadPoolExecutor(spec.face_workers) if spec.face_workers > 1 else None
         frames = iter(FrameSource(spec.video, spec.frames))
-        with VideoWriter(spec.output, spec.width, spec.height, fps=VIDEO_FPS, audio=samples,
-                         sample_rate=AUDIO_SAMPLE_RATE, preset=spec.preset, threads=spec.x264_threads) as writer:
+        with VideoWriter(spec.output, spec.width, spec.height, fps=VIDEO_FPS, audio=track,
+                         preset=spec.preset, threads=spec.x264_threads) as writer:
             while (message := _get(inbox, parent))[0] == "chunk":
                 _, count, faces, affines = message
                 with clock.stage(stages.RESTORE):  # this process's own decode is counted here

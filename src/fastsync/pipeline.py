@@ -200,6 +200,7 @@ class Job:
 
     # -- the job ------------------------------------------------------------------------------
     def run(self, video: Path, audio_path: Path, output: Path) -> JobReport:
+        from fastsync.media.audio_track import job_audio_track
         from fastsync.media.video import probe_video
         from fastsync.media.writer import VideoWriter, check_output_writable
 
@@ -217,8 +218,6 @@ class Job:
         if host_stages_in_processes(self.c):
             return self._run_in_processes(video, audio_path, output, info, n, started)
 
-        kept_samples = samples[: int(n / VIDEO_FPS * AUDIO_SAMPLE_RATE)]  # a view: the audio is held once
-
         denoiser = self._denoiser()
         workers = self._face_workers()
         cache = LandmarkCache(self.landmarks_cache, video, cache_backend(self.c.landmarker.name, self.face_near))
@@ -227,8 +226,9 @@ class Job:
         try:
             fast = self.c.options.fast
             preset, threads = (fast.x264_preset, fast.x264_threads) if self.fast else ("medium", 0)
-            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=kept_samples,
-                             sample_rate=AUDIO_SAMPLE_RATE, preset=preset, threads=threads) as writer:
+            track = job_audio_track(self.c.options.output_audio, audio_path, samples, AUDIO_SAMPLE_RATE)
+            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=track,
+                             preset=preset, threads=threads) as writer:
                 chunks = iter_chunks(video, n, self.sampling.num_frames, tracker, self.clock,
                                      on_chunk=lambda k: bar.update("faces", k))
                 if self.fast and fast.overlap:
@@ -295,7 +295,7 @@ class Job:
                               landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
                               fast.face_workers, self.host_profile, self.face_near)
         finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
-                            fast.x264_threads, fast.face_workers, self.host_profile)
+                            fast.x264_threads, fast.face_workers, self.host_profile, self.c.options.output_audio)
         return prepare, finish
 
     def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:

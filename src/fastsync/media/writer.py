@@ -3,8 +3,9 @@
 What the reference produces, in one pass: its last step is
 `ffmpeg -i video.mp4 -i audio.wav -c:v libx264 -crf 18 -c:a aac out.mp4`, where the wav holds
 the 16 kHz mono audio cut to int(n_frames / 25 * 16000) samples. We encode the frames once
-(libx264, crf 18, yuv420p, 25 fps) instead of twice, and the AAC track stays at 16 kHz mono,
-a rate the native encoder supports, as in the reference.
+(libx264, crf 18, yuv420p, 25 fps) instead of twice. The AAC track is either that 16 kHz mono
+audio or, by default, the audio file's own rate and channels (`fastsync.media.audio_track`),
+cut at the same point in time.
 
 A failed or interrupted job leaves nothing at the output path: frames go to a hidden
 temporary file beside it, which `os.replace` moves onto the output only after the container
@@ -32,6 +33,7 @@ import av
 import numpy as np
 
 from fastsync.errors import InputError
+from fastsync.media.audio_track import SamplesTrack, bit_rate
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 FPS = 25
 SAMPLE_RATE = 16000
 CRF = 18  # the reference's final encode
-AUDIO_BIT_RATE = 64_000  # ample for 16 kHz mono speech (AAC caps mono at 6 * 16000 = 96 kb/s)
+
+_LAYOUTS = {1: "mono", 2: "stereo"}  # an audio track's channels
 
 # Output formats that can hold H.264 + AAC, by suffix.
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -86,22 +89,23 @@ class VideoWriter:
     """Writes RGB uint8 (H, W, 3) frames, and optionally audio, to `path` as H.264 + AAC.
 
     Use as a context manager: on a clean exit the file is finalised and moved onto `path`;
-    on an exception nothing is left behind. `audio` is float32 mono at `sample_rate`; the
-    track is cut to int(frames / fps * sample_rate) samples, interleaved as frames arrive.
+    on an exception nothing is left behind. `audio` is float32 mono at `sample_rate`, or a
+    track of `fastsync.media.audio_track` (its own rate and channels, read as needed); the
+    track is cut to int(frames / fps * rate) samples, interleaved as frames arrive.
     Frames are encoded as they come: memory is the encoder's own look-ahead, not the video.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, *, fps: int = FPS,
-                 audio: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE, crf: int = CRF,
+                 audio=None, sample_rate: int = SAMPLE_RATE, crf: int = CRF,
                  preset: str = "medium", threads: int = 0):
         self.path = check_output_writable(path)
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         self.width, self.height = width, height
         self.fps = fps
-        self.sample_rate = sample_rate
         self.frames_written = 0
-        self._audio = None if audio is None else np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        self._audio = SamplesTrack(audio, sample_rate) if isinstance(audio, np.ndarray) else audio
+        self.sample_rate = sample_rate if self._audio is None else self._audio.rate
         self._audio_written = 0
         self._closed = False
         self._pad = encoded_size(width, height) != (width, height)
@@ -111,6 +115,8 @@ class VideoWriter:
 
         self._tmp = _create_hidden_sibling(self.path)
         self._cleanup = weakref.finalize(self, _unlink, self._tmp)
+        if self._audio is not None:  # the track's file closes with the output, however it ends
+            self._audio_closer = weakref.finalize(self, self._audio.close)
         try:
             self._open(crf, preset, threads)
         except BaseException:
@@ -130,8 +136,9 @@ class VideoWriter:
         self._video = video
         self._audio_stream = None
         if self._audio is not None:
-            audio = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
-            audio.bit_rate = AUDIO_BIT_RATE
+            channels = self._audio.channels
+            audio = self._container.add_stream("aac", rate=self.sample_rate, layout=_LAYOUTS[channels])
+            audio.bit_rate = bit_rate(self.sample_rate, channels)
             audio.codec_context.time_base = Fraction(1, self.sample_rate)
             self._audio_stream = audio
 
@@ -161,16 +168,18 @@ class VideoWriter:
     def _write_audio_until(self, n_frames: int) -> None:
         if self._audio_stream is None:
             return
-        end = min(self._audio_target(n_frames), self._audio.size)
-        if end <= self._audio_written:
+        wanted = self._audio_target(n_frames) - self._audio_written
+        if wanted <= 0:
             return
-        chunk = self._audio[self._audio_written:end]
-        samples = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        chunk = self._audio.read(wanted)  # fewer at the end of a track shorter than the video
+        if chunk.shape[1] == 0:
+            return
+        samples = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=_LAYOUTS[self._audio.channels])
         samples.sample_rate = self.sample_rate
         samples.pts = self._audio_written
         samples.time_base = Fraction(1, self.sample_rate)
         self._container.mux(self._audio_stream.encode(samples))
-        self._audio_written = end
+        self._audio_written += chunk.shape[1]
 
     # -- finishing -------------------------------------------------------------------------------
     def close(self) -> Path:
@@ -190,6 +199,7 @@ class VideoWriter:
             self._discard()
             raise
         self._cleanup.detach()
+        self._close_audio()
         return self.path
 
     def abort(self) -> None:
@@ -202,6 +212,11 @@ class VideoWriter:
         with contextlib.suppress(Exception):  # the file goes anyway; the caller sees the first error
             self._container.close()
         self._cleanup()
+        self._close_audio()
+
+    def _close_audio(self) -> None:
+        if self._audio is not None:
+            self._audio_closer()
 
     @property
     def audio_samples_written(self) -> int:
