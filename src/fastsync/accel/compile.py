@@ -97,9 +97,11 @@ def pin_launch_configs() -> None:
     rounding: the same UNet forward differed by up to 0.0029 between processes (24 pairs of
     25) and a chunk by up to 0.0078, while the VAE, whose kernels have one config each, and eager fast mode
     were equal bit for bit. Inductor's `deterministic` switch did not stop that timing. With
-    the first config kept, every process should compute alike; that and the speed of the
-    kept configs are not measured yet (`check_processes` with three processes). A kernel
-    tuned with FASTSYNC_KERNEL_TUNING=1 keeps its timed choice."""
+    the first config kept, three processes on one H100 (one compiling, two loading what it
+    kept) gave equal encodes, decodes, UNet forwards and chunks, bit for bit
+    (processes_h100_pinned.json); a chunk took 0.983-0.992 s in each, as before within the
+    spread between machines. A kernel tuned with FASTSYNC_KERNEL_TUNING=1 keeps its timed
+    choice."""
     from torch._inductor.runtime import triton_heuristics
 
     tuner = triton_heuristics.CachingAutotuner
