@@ -36,8 +36,12 @@ def broken_engine(options):
 
 
 class FakeReport:
-    def __init__(self, text: str):
+    """A JobReport's fields that a batch keeps: the frame count is the output name's length."""
+
+    def __init__(self, text: str, frames: int = 0):
         self.text = text
+        self.frames, self.seconds = frames, 0.5
+        self.frames_without_face = self.frames_with_several_faces = 0
 
     def summary(self) -> str:
         return self.text
@@ -65,7 +69,7 @@ class FakeEngine:
             Path(landmarks_cache).write_text(output.name)
         if sampling is not None:  # the seed and face the job was given, beside its output
             output.with_suffix(".seed").write_text(f"{sampling.seed} {face_near}")
-        return FakeReport(f"wrote {output.name} in pid {os.getpid()}")
+        return FakeReport(f"wrote {output.name} in pid {os.getpid()}", frames=len(output.name))
 
 
 def runs(folder: Path) -> list[tuple[str, int]]:

@@ -8,6 +8,7 @@ from fastsync.batch import BatchJob, read_jobs, run_batch
 from fastsync.cli import main
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import InputError
+from fastsync.pipeline import JobReport
 
 
 def _trim(src, dst, seconds):
@@ -85,12 +86,7 @@ class _FakeEngine:
         self.face_near.append(face_near)
         if output.name == self.fail_on:
             raise InputError("broken", video)
-
-        class Report:
-            def summary(self):
-                return "ok"
-
-        return Report()
+        return JobReport(output, frames=len(self.calls), seconds=0.25, frames_without_face=1)
 
 
 def test_a_failing_job_does_not_stop_the_others_and_existing_outputs_are_skipped(tmp_path):
@@ -184,3 +180,83 @@ def test_batch_face_near_is_the_default_of_jobs_without_their_own(tmp_path, monk
     assert [job.face_near for job in given] == [(1.0, 2.0), None]
     monkeypatch.setattr(api.LipSync, "from_options", lambda options: pytest.fail("the models were loaded"))
     assert main(["batch", str(tmp_path / "jobs.csv"), *tiny, "--face-near=-1,2"]) == 2
+
+
+# -- --report: every job's outcome in a file ------------------------------------------------------
+
+
+class _ReadingEngine(_FakeEngine):
+    """Reads the report file as each job starts: what a script watching it would see."""
+
+    def __init__(self, report_path, fail_on=None):
+        super().__init__(fail_on)
+        self.report_path, self.seen = report_path, []
+
+    def run(self, video, audio, output, **kwargs):
+        self.seen.append([row["status"] for row in json.loads(self.report_path.read_text())["jobs"]])
+        return super().run(video, audio, output, **kwargs)
+
+
+def test_the_report_keeps_each_outcome_and_is_rewritten_after_every_job(tmp_path):
+    from fastsync.batch_report import BatchReport
+
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / name)
+            for name in ("ok1.mp4", "bad.mp4", "exists.mp4", "ok2.mp4")]
+    path = tmp_path / "report.json"
+    engine = _ReadingEngine(path, fail_on="bad.mp4")
+    assert run_batch(engine, jobs, echo=lambda line: None, report=BatchReport(jobs, path, tmp_path / "jobs.csv")) \
+        == (2, 1, 1)
+    assert engine.seen == [["pending"] * 4, ["done", "pending", "pending", "pending"],
+                           ["done", "failed", "skipped", "pending"]]
+    saved = json.loads(path.read_text())
+    assert saved["counts"] == {"done": 2, "skipped": 1, "failed": 1, "pending": 0}
+    assert saved["jobs_file"] == str(tmp_path / "jobs.csv")
+    rows = saved["jobs"]
+    assert [row["status"] for row in rows] == ["done", "failed", "skipped", "done"]
+    assert [row["output"] for row in rows] == [str(job.output) for job in jobs]
+    assert (rows[0]["frames"], rows[0]["seconds"], rows[0]["frames_without_face"]) == (1, 0.25, 1)
+    assert rows[3]["frames"] == 3  # the fake's frame count is its call number
+    assert "broken" in rows[1]["error"] and "frames" not in rows[1]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
+
+
+def test_a_csv_report_has_one_line_per_job(tmp_path):
+    import csv
+
+    from fastsync.batch_report import COLUMNS, BatchReport
+
+    jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / name) for name in ("bad.mp4", "ok.mp4")]
+    path = tmp_path / "report.csv"
+    run_batch(_FakeEngine(fail_on="bad.mp4"), jobs, echo=lambda line: None, report=BatchReport(jobs, path))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert [(row["number"], row["status"], row["frames"]) for row in rows] == [("1", "failed", ""), ("2", "done", "2")]
+    assert "broken" in rows[0]["error"]
+
+
+@pytest.mark.parametrize(("name", "message"), [("report.txt", "suffix '.txt'"), ("missing/report.json", "does not exist")])
+def test_a_bad_report_path_fails_before_the_models_load(tmp_path, capsys, monkeypatch, name, message):
+    from fastsync import api
+
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: pytest.fail("the models were loaded"))
+    (tmp_path / "jobs.csv").write_text("video,audio,output\nv.mp4,a.wav,o.mp4\n")
+    code = main(["batch", str(tmp_path / "jobs.csv"), "--report", str(tmp_path / name),
+                 "--random-weights", "--model-size", "tiny", "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and name.split("/")[-1] in err
+
+
+def test_batch_cli_writes_the_report(tmp_path, monkeypatch):
+    from fastsync import api
+
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: _FakeEngine(fail_on="o2.mp4"))
+    (tmp_path / "jobs.csv").write_text("video,audio,output\nv.mp4,a.wav,o1.mp4\nv.mp4,a.wav,o2.mp4\n")
+    code = main(["batch", str(tmp_path / "jobs.csv"), "--report", str(tmp_path / "report.json"),
+                 "--random-weights", "--model-size", "tiny", "--device", "cpu"])
+    assert code == 1
+    rows = json.loads((tmp_path / "report.json").read_text())["jobs"]
+    assert [(row["output"], row["status"]) for row in rows] == [(str(tmp_path / "o1.mp4"), "done"),
+                                                                 (str(tmp_path / "o2.mp4"), "failed")]

@@ -313,3 +313,20 @@ def test_make_current_sets_only_a_named_gpu(monkeypatch, name, expected):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
     devices.make_current(name)
     assert calls == expected
+
+
+def test_the_report_names_the_device_of_each_job(tmp_path):
+    from fastsync.batch_report import BatchReport
+
+    (tmp_path / "exists.mp4").write_text("from an earlier batch")
+    jobs = [BatchJob(tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / name)
+            for name in ("ok1.mp4", "fail.mp4", "exists.mp4", "ok22.mp4")]
+    report = BatchReport(jobs, tmp_path / "report.json")
+    result = run_batch_on_devices(EngineOptions(), jobs, TWO_CPUS, echo=lambda line: None,
+                                  engine_factory=batch_fakes.make_engine, report=report)
+    assert result == (2, 1, 1)
+    rows = json.loads((tmp_path / "report.json").read_text())["jobs"]
+    assert [row["status"] for row in rows] == ["done", "failed", "skipped", "done"]
+    assert {rows[i]["device"] for i in (0, 1, 3)} <= {"cpu#0", "cpu#1"} and rows[2]["device"] is None
+    assert (rows[0]["frames"], rows[3]["frames"]) == (len("ok1.mp4"), len("ok22.mp4"))  # sent back by the workers
+    assert "cannot read it" in rows[1]["error"]

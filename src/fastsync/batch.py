@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fastsync.batch_report import BatchReport, job_record
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.face.choice import optional_point
@@ -133,23 +134,29 @@ def _settings(row: dict, number: int, path: Path) -> tuple[tuple[str, int | floa
 
 
 def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = False,
-              echo=print) -> tuple[int, int, int]:
-    """Returns (done, skipped, failed)."""
+              echo=print, report: BatchReport | None = None) -> tuple[int, int, int]:
+    """Returns (done, skipped, failed); `report` (fastsync.batch_report) gets each job's outcome."""
+    report = report or BatchReport(jobs)
+    device = getattr(getattr(engine, "components", None), "device", None)
+    device = None if device is None else str(device)
     done = skipped = failed = 0
     for number, job in enumerate(jobs, start=1):
         prefix = f"[{number}/{len(jobs)}]"
         if job.output.exists() and not overwrite:
             echo(f"{prefix} skip: {job.output} exists (use --overwrite)")
+            report.skipped(number)
             skipped += 1
             continue
         try:
-            report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
+            result = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
                                 landmarks_cache=job.landmarks, face_near=job.face_near)
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
+            report.failed(number, str(exc), device)
             failed += 1
             continue
-        echo(f"{prefix} {report.summary()}")
+        echo(f"{prefix} {result.summary()}")
+        report.done(number, job_record(result), device)
         done += 1
     echo(f"batch: {done} done, {skipped} skipped, {failed} failed")
     return done, skipped, failed

@@ -28,6 +28,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING
 
 from fastsync.batch import BatchJob, run_batch
+from fastsync.batch_report import BatchReport
 from fastsync.batch_worker import load_engine, worker_main
 from fastsync.devices import cpu_share, device_labels, parse_devices
 from fastsync.spawning import start_without_main_script
@@ -42,20 +43,21 @@ LOST_WAIT_S = 10.0  # a worker whose pipe closed is exiting; after this it is ki
 
 def run_batch_on_devices(options: EngineOptions, jobs: list[BatchJob], devices: str | list[str], *,
                          sampling: SamplingOptions | None = None, overwrite: bool = False, echo=print,
-                         engine_factory=None) -> tuple[int, int, int]:
+                         engine_factory=None, report: BatchReport | None = None) -> tuple[int, int, int]:
     """Run `jobs` with one engine per device (`options` with each device in turn); returns
     (done, skipped, failed). `devices`: as for --devices ("cuda:0,cuda:1", "all",
     ["cpu", "cpu"]). One device runs in this process, as run_batch does. `engine_factory`
     (options -> engine with .run) must be a module-level function: the workers import it.
     The workers do not run the program's main script (fastsync.spawning), unless the factory
     is defined there: then, as in any multiprocessing program, the script must keep its
-    work under `if __name__ == "__main__":`, since each worker imports it."""
+    work under `if __name__ == "__main__":`, since each worker imports it. `report`
+    (fastsync.batch_report) gets each job's outcome and the device that ran it."""
     devices = parse_devices(devices)
     factory = engine_factory or load_engine
     if len(devices) == 1:
         engine = factory(dataclasses.replace(options, device=devices[0]))
-        return run_batch(engine, jobs, sampling=sampling, overwrite=overwrite, echo=echo)
-    batch = _DeviceBatch(jobs, overwrite, echo)
+        return run_batch(engine, jobs, sampling=sampling, overwrite=overwrite, echo=echo, report=report)
+    batch = _DeviceBatch(jobs, overwrite, echo, report or BatchReport(jobs))
     workers: list[_Worker] = []
     finished = False
     try:
@@ -116,8 +118,8 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 class _DeviceBatch:
     """The batch process's side: which jobs wait, which worker holds which, the tally."""
 
-    def __init__(self, jobs: list[BatchJob], overwrite: bool, echo):
-        self.total, self.overwrite, self.echo = len(jobs), overwrite, echo
+    def __init__(self, jobs: list[BatchJob], overwrite: bool, echo, report: BatchReport):
+        self.total, self.overwrite, self.echo, self.report = len(jobs), overwrite, echo, report
         self.done = self.skipped = self.failed = 0
         self.workers: list[_Worker] = []
         self.pending = deque(item for item in enumerate(jobs, start=1) if not self._skip(*item))
@@ -146,6 +148,7 @@ class _DeviceBatch:
         if self.overwrite or not job.output.exists():
             return False
         self.echo(f"[{number}/{self.total}] skip: {job.output} exists (use --overwrite)")
+        self.report.skipped(number)
         self.skipped += 1
         return True
 
@@ -196,6 +199,7 @@ class _DeviceBatch:
             w.job = None
             self.done += 1
             self.echo(f"[{message[1]}/{self.total}] {w.label}: {message[2]}")
+            self.report.done(message[1], message[3], w.label)
         elif kind == "failed":
             w.job = None
             self._fail(message[1], w.label, message[2])
@@ -227,6 +231,7 @@ class _DeviceBatch:
         self.failed += 1
         where = f" {label}:" if label else ""
         self.echo(f"[{number}/{self.total}]{where} FAILED: {text}")
+        self.report.failed(number, text, label)
 
 
 def _send(conn, message: tuple) -> bool:

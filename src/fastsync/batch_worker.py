@@ -5,7 +5,7 @@ the batch process until told to stop. Messages to the batch process, on its own 
 
     ("ready",)                    the engine is loaded; send jobs
     ("unusable", text)            the engine could not be loaded; the worker exits
-    ("done", number, summary)     the job's output is in place
+    ("done", number, summary, record)  the job's output is in place; record: batch_report.job_record
     ("failed", number, text)      the job failed with a FastsyncError; the worker goes on
     ("crashed", number, text)     any other error; the worker exits, since its device
                                   may be left in a bad state (a CUDA error is sticky)
@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 
+from fastsync.batch_report import job_record
 from fastsync.errors import FastsyncError
 
 
@@ -92,7 +93,7 @@ def _serve(engine, sampling, conn) -> None:
             traceback.print_exception(exc, file=sys.stderr)  # the whole story, for whoever reads the log
             conn.send(("crashed", number, describe(exc)))
             return
-        conn.send(("done", number, report.summary()))
+        conn.send(("done", number, report.summary(), job_record(report)))
 
 
 def describe(exc: BaseException) -> str:

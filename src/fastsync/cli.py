@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="run many jobs listed in a CSV/JSON file, loading the models once")
     p.add_argument("jobs", type=Path, help="CSV (header video,audio,output) or JSON list; paths relative to it")
     p.add_argument("--overwrite", action="store_true", help="redo jobs whose output already exists")
+    p.add_argument("--report", type=Path, default=None, metavar="FILE",
+                   help="keep every job's outcome (status, device, error, frames, seconds) in FILE, .json or "
+                        ".csv, rewritten whole after each job")
     p.add_argument("--devices", default=None,
                    help="spread the jobs over several devices, one engine each: cuda:0,cuda:1 or all "
                         "(every visible GPU), or cpu,cpu (CPU workers)")
@@ -160,8 +163,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         sampling_from_args,
     )
     from fastsync.batch import landmark_files, read_jobs, run_batch
+    from fastsync.batch_report import BatchReport, check_report_path
 
     jobs = read_jobs(args.jobs)  # a bad batch file or option fails before any model loads
+    if args.report is not None:
+        check_report_path(args.report)
     near = face_near_from_args(args)
     if near is not None:  # the jobs that name no face of their own
         jobs = [job if job.face_near is not None else dataclasses.replace(job, face_near=near) for job in jobs]
@@ -170,14 +176,16 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if devices is not None:  # the host-stage choice follows their kind (one kind per batch)
         args = argparse.Namespace(**{**vars(args), "device": devices[0]})
     options = engine_options_from_args(args)
+    report = BatchReport(jobs, args.report, args.jobs)  # every job pending, in the file already
     with landmark_files(jobs, args.landmarks_dir) as jobs:
         if devices is not None:  # one device of them runs in this process, as without --devices
             from fastsync.batch_devices import run_batch_on_devices
 
-            _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite)
+            _, _, failed = run_batch_on_devices(options, jobs, devices, sampling=sampling, overwrite=args.overwrite,
+                                                report=report)
         else:
             engine = LipSync.from_options(options)
-            _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite)
+            _, _, failed = run_batch(engine, jobs, sampling=sampling, overwrite=args.overwrite, report=report)
     return 1 if failed else 0
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fastsync.files import write_atomically
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the file layout below changes
@@ -178,16 +180,12 @@ class RegionCompiler:
         """Atomically: a concurrent reader sees the old file or the new one. A cache that
         cannot be written (read-only, full) costs the next process a compile, not this job."""
         path = self._path(key)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(pickle.dumps((key, self.blobs[key])))
-            os.replace(partial, path)
+            write_atomically(path, pickle.dumps((key, self.blobs[key])))
         except OSError as exc:
             log.warning("could not keep a compiled region in %s (%s); the next process compiles it again",
                         self.directory, exc)
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
 
 
 def compile_ahead(plain, call_args: tuple, kwargs: dict):

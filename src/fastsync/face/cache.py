@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from fastsync.files import write_atomically
 
 FORMAT = 1
 
@@ -65,6 +66,4 @@ class LandmarkCache:
         if self.path is None:
             return
         frames = {str(i): None if e is None else [e[0].tolist(), e[1]] for i, e in sorted(self.entries.items())}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"key": self.key, "frames": frames}))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps({"key": self.key, "frames": frames}))
