@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
+from fastsync.engine import Components, EngineOptions, FastOptions, OutputOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
 from fastsync.face.choice import parse_point
 from fastsync.memory import device_memory_errors
@@ -102,8 +102,8 @@ class LipSync:
 def engine_options_from_args(args: argparse.Namespace, **overrides) -> EngineOptions:
     values = dict(version=args.version, checkpoint_dir=args.checkpoint_dir, random_weights=args.random_weights,
                   model_size=args.model_size, device=args.device, face_backend=args.face_backend, mode=args.mode)
-    if getattr(args, "output_audio", None) is not None:  # run, batch, app and profile have it
-        values["output_audio"] = args.output_audio
+    if getattr(args, "output_audio", None) is not None:  # run, batch, app and profile have these
+        values["output"] = OutputOptions(audio=args.output_audio, crf=args.crf)
     chosen = getattr(args, "host_processes", None)  # --host-processes / --host-threads
     if chosen is not None:
         values["fast"] = FastOptions(host_processes=chosen)

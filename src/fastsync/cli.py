@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastsync import __version__
 from fastsync.errors import FastsyncError
+from fastsync.output import AUDIO_CHOICES, CRF
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -41,10 +42,13 @@ def _add_mode_options(g) -> None:
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument_group("output").add_argument(
-        "--output-audio", choices=["source", "reference"], default="source",
-        help="the output's audio track: source = the audio file's own sample rate and channels (up to 48 kHz "
-             "stereo, the default); reference = 16 kHz mono, as the reference writes it")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-audio", choices=AUDIO_CHOICES, default="source",
+                   help="the output's audio track: source = the audio file's own sample rate and channels (up to "
+                        "48 kHz stereo, the default); reference = 16 kHz mono, as the reference writes it")
+    g.add_argument("--crf", type=int, default=CRF,
+                   help="H.264 quality, 0 (lossless) to 51: lower is closer to the frames and larger (default 18, "
+                        "as the reference)")
 
 
 def _add_app_options(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ import torch
 from fastsync.checkpoints import CheckpointLayout
 from fastsync.config import VERSIONS, face_resolution, unet_config_for
 from fastsync.errors import FastsyncError
+from fastsync.output import OutputOptions
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,7 @@ class EngineOptions:
     # Further devices that denoise a job's chunks beside `device`, one worker process each
     # with its own copy of the models (fastsync.job_devices; `fastsync run --devices`).
     chunk_devices: tuple[str, ...] = ()
-    # The output's audio track: "source" = the audio file's own rate and channels (up to
-    # 48 kHz stereo); "reference" = the 16 kHz mono the features were computed from, as the
-    # reference muxes it (fastsync.media.audio_track).
-    output_audio: str = "source"
+    output: OutputOptions = field(default_factory=OutputOptions)
     fast: FastOptions = field(default_factory=FastOptions)
 
     def __post_init__(self):
@@ -146,8 +144,6 @@ class EngineOptions:
             raise FastsyncError(f"unknown model size {self.model_size!r}; choose full or tiny")
         if self.mode not in ("fast", "reference"):
             raise FastsyncError(f"unknown mode {self.mode!r}; choose fast or reference")
-        if self.output_audio not in ("source", "reference"):
-            raise FastsyncError(f"unknown output audio {self.output_audio!r}; choose source or reference")
 
     @property
     def resolution(self) -> int:

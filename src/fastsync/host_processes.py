@@ -42,6 +42,7 @@ import torch
 from fastsync import errors, stages
 from fastsync.chunks import Chunk
 from fastsync.errors import FastsyncError
+from fastsync.output import OutputOptions
 from fastsync.spawning import start_without_main_script
 
 QUEUE_DEPTH = 2  # chunks in flight per queue: back-pressure, so memory does not grow with the video
@@ -81,7 +82,7 @@ class FinishSpec:
     x264_threads: int
     face_workers: int  # paste-back threads inside the process
     profile_dir: Path | None = None
-    output_audio: str = "source"  # EngineOptions.output_audio
+    encoding: OutputOptions = OutputOptions()  # EngineOptions.output: the audio track and the crf
 
 
 def _context():
@@ -230,11 +231,11 @@ def _finish_main(spec: FinishSpec, inbox, outbox, parent: int) -> None:
     try:
         profile = _Profile(spec.profile_dir, "finish")
         clock = stages.StageClock()
-        samples = load_job_audio(spec.audio) if spec.output_audio == "reference" else None
-        track = job_audio_track(spec.output_audio, spec.audio, samples, AUDIO_SAMPLE_RATE)
+        samples = load_job_audio(spec.audio) if spec.encoding.audio == "reference" else None
+        track = job_audio_track(spec.encoding.audio, spec.audio, samples, AUDIO_SAMPLE_RATE)
         workers = ThreadPoolExecutor(spec.face_workers) if spec.face_workers > 1 else None
         frames = iter(FrameSource(spec.video, spec.frames))
-        with VideoWriter(spec.output, spec.width, spec.height, fps=VIDEO_FPS, audio=track,
+        with VideoWriter(spec.output, spec.width, spec.height, fps=VIDEO_FPS, audio=track, crf=spec.encoding.crf,
                          preset=spec.preset, threads=spec.x264_threads) as writer:
             while (message := _get(inbox, parent))[0] == "chunk":
                 _, count, faces, affines = message

@@ -226,8 +226,9 @@ class Job:
         try:
             fast = self.c.options.fast
             preset, threads = (fast.x264_preset, fast.x264_threads) if self.fast else ("medium", 0)
-            track = job_audio_track(self.c.options.output_audio, audio_path, samples, AUDIO_SAMPLE_RATE)
-            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=track,
+            encoding = self.c.options.output
+            track = job_audio_track(encoding.audio, audio_path, samples, AUDIO_SAMPLE_RATE)
+            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=track, crf=encoding.crf,
                              preset=preset, threads=threads) as writer:
                 chunks = iter_chunks(video, n, self.sampling.num_frames, tracker, self.clock,
                                      on_chunk=lambda k: bar.update("faces", k))
@@ -295,7 +296,7 @@ class Job:
                               landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
                               fast.face_workers, self.host_profile, self.face_near)
         finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
-                            fast.x264_threads, fast.face_workers, self.host_profile, self.c.options.output_audio)
+                            fast.x264_threads, fast.face_workers, self.host_profile, self.c.options.output)
         return prepare, finish
 
     def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:

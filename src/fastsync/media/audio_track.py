@@ -2,7 +2,7 @@
 
 The reference muxes the 16 kHz mono wav that its audio features were computed from, so a
 48 kHz stereo voice-over comes back as telephone-band mono. That stays available
-(`OUTPUT_AUDIO = "reference"`), but by default the output carries the audio file's own
+(`OutputOptions(audio="reference")`, `--output-audio reference`), but by default the output carries the audio file's own
 track: its sample rate (AAC's rates, at most 48 kHz) and channels (mono or stereo; more
 channels are downmixed to stereo). Either way the track is cut where the reference cuts it,
 at int(frames / fps * rate) samples.
@@ -19,8 +19,8 @@ import av
 import numpy as np
 
 from fastsync.errors import InputError
+from fastsync.output import AUDIO_CHOICES
 
-OUTPUT_AUDIO = ("source", "reference")  # the choices of EngineOptions.output_audio / --output-audio
 MAX_RATE = 48000  # above this nothing is audible; higher rates are resampled to it
 # The native AAC encoder's sample rates (av.codec.Codec("aac", "w").audio_rates).
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
@@ -133,4 +133,4 @@ def job_audio_track(kind: str, path: str | Path, samples: np.ndarray, samples_ra
         return SamplesTrack(samples, samples_rate)
     if kind == "source":
         return FileTrack(path)
-    raise ValueError(f"unknown output audio {kind!r}; choose one of {', '.join(OUTPUT_AUDIO)}")
+    raise ValueError(f"unknown output audio {kind!r}; choose one of {', '.join(AUDIO_CHOICES)}")

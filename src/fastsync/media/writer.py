@@ -34,6 +34,7 @@ import numpy as np
 
 from fastsync.errors import InputError
 from fastsync.media.audio_track import SamplesTrack, bit_rate
+from fastsync.output import CRF
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLE_RATE = 16000
-CRF = 18  # the reference's final encode
 
 _LAYOUTS = {1: "mono", 2: "stereo"}  # an audio track's channels
 

@@ -1,8 +1,10 @@
-"""The output's audio track: the audio file's own rate and channels by default, the
-reference's 16 kHz mono on request, cut where the reference cuts it, read as it is written."""
+"""The output's encoding (fastsync.output): the audio file's own track by default, the
+reference's 16 kHz mono on request, cut where the reference cuts it and read as it is
+written; and the video's crf."""
 
 from __future__ import annotations
 
+import contextlib
 import wave
 from pathlib import Path
 
@@ -162,17 +164,19 @@ def stereo_job(tmp_path_factory, assets_dir):
     return video, stereo
 
 
-@pytest.mark.parametrize(("choice", "host", "rate", "channels"), [
-    (None, "--host-threads", 44100, 2),
-    ("source", "--host-processes", 44100, 2),
-    ("reference", "--host-processes", 16000, 1),
+@pytest.mark.parametrize(("choice", "host", "rate", "channels", "crf"), [
+    (None, "--host-threads", 44100, 2, None),
+    ("source", "--host-processes", 44100, 2, 30),
+    ("reference", "--host-processes", 16000, 1, 12),
 ])
-def test_run_writes_the_chosen_audio_track(stereo_job, tmp_path, choice, host, rate, channels):
+def test_run_writes_the_chosen_audio_track_and_quality(stereo_job, tmp_path, choice, host, rate, channels, crf):
     video, audio = stereo_job
     output = tmp_path / "out.mp4"
-    options = [] if choice is None else ["--output-audio", choice]
+    options = ([] if choice is None else ["--output-audio", choice]) + ([] if crf is None else ["--crf", str(crf)])
     assert cli.main(["run", "--video", str(video), "--audio", str(audio), "--output", str(output),
                      *TINY, *QUICK, host, *options]) == 0
+    # x264 writes its settings into the stream: the crf the job was given, or the reference's 18
+    assert f"crf={18 if crf is None else crf}.0 ".encode() in output.read_bytes()
     written = inspect(output)
     frames = written.frames
     assert (written.audio_codec, written.sample_rate) == ("aac", rate)
@@ -182,3 +186,20 @@ def test_run_writes_the_chosen_audio_track(stereo_job, tmp_path, choice, host, r
     if channels == 2:  # the right channel is the tone alone, the left the speech
         assert loudest_hz(samples[1, rate // 4:], rate) == pytest.approx(RIGHT_HZ, abs=3)
         assert loudest_hz(samples[0, rate // 4:], rate) != pytest.approx(RIGHT_HZ, abs=3)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--crf", "60", "--crf 60 is out of range"),
+                                                       ("--output-audio", "loud", "invalid choice")])
+def test_bad_output_options_fail_before_the_models_load(stereo_job, tmp_path, monkeypatch, capsys, flag, value,
+                                                        message):
+    from fastsync import api
+
+    monkeypatch.setattr(api.LipSync, "from_options", lambda options: pytest.fail("the models were loaded"))
+    video, audio = stereo_job
+    with pytest.raises(SystemExit) if value == "loud" else contextlib.nullcontext():
+        code = cli.main(["run", "--video", str(video), "--audio", str(audio), "--output", str(tmp_path / "o.mp4"),
+                         *TINY, flag, value])
+        assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
