@@ -31,12 +31,14 @@ from fastsync.app.jobs import (
     face_input,
     face_point,
     first_frame,
+    output_options,
     poll_progress,
     sampling_options,
     user_message,
 )
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
+from fastsync.output import OutputOptions
 from fastsync.pipeline import JobReport
 
 torch.set_num_threads(2)
@@ -275,6 +277,42 @@ def test_a_photo_through_the_served_page(serve, runner, clip, tmp_path):
                                            api_name="/lipsync")
     check_video(download, short)
     assert text.startswith(f"{expected_frames(wav_samples(short))} frames in ")
+
+
+def test_output_controls_map_to_output_options():
+    server = OutputOptions(audio="reference", crf=23)
+    assert output_options(None, None, server) == server and output_options("", "", server) == server
+    assert output_options("the audio file's own (its rate and channels)", 30.0, server) == OutputOptions("source", 30)
+    assert output_options("reference", 12, OutputOptions()) == OutputOptions("reference", 12)  # an API caller's key
+    for track, crf in (("loud", 18), ("source", 60), ("source", "best")):
+        with pytest.raises(FastsyncError, match="bad output option|out of range|unknown output audio"):
+            output_options(track, crf, server)
+
+
+def test_the_page_writes_the_chosen_audio_track_and_quality(serve, runner, clip, tmp_path):
+    """A 44.1 kHz stereo track: kept as it is by default, 16 kHz mono when asked; the crf
+    the page sent is the one x264 wrote into the stream."""
+    import wave
+
+    from gradio_client import handle_file
+
+    client = serve(runner)
+    video, short, _, _ = clip
+    with wave.open(str(short)) as r:
+        mono = np.frombuffer(r.readframes(r.getnframes()), np.int16)
+    stereo = tmp_path / "stereo.wav"
+    with wave.open(str(stereo), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        upsampled = np.interp(np.arange(int(mono.size * 44100 / 16000)) * 16000 / 44100, np.arange(mono.size), mono)
+        w.writeframes(np.repeat(upsampled.astype(np.int16)[:, None], 2, axis=1).tobytes())
+    for track, crf, rate in ((None, 30, 44100), ("16 kHz mono, as LatentSync writes it", None, 16000)):
+        given = [track] if crf is None else [track, crf]  # left out, a control sends its default
+        _, download, _ = client.predict(handle_file(str(video)), handle_file(str(stereo)), 2, 1.5, 1247, 3, None, None,
+                                        *given, api_name="/lipsync")
+        assert inspect(Path(download)).sample_rate == rate
+        assert f"crf={18 if crf is None else crf}.0 ".encode() in Path(download).read_bytes()
 
 
 class BlockingEngine:

@@ -78,7 +78,7 @@ class LipSync:
             sampling: SamplingOptions | None = None, progress: bool = False,
             clock: stages.StageClock | None = None, landmarks_cache: str | Path | None = None,
             host_profile: str | Path | None = None, on_progress: ProgressCallback | None = None,
-            face_near: tuple[float, float] | None = None) -> JobReport:
+            face_near: tuple[float, float] | None = None, encoding: OutputOptions | None = None) -> JobReport:
         """Lip-sync `video` to `audio` into `output` (written atomically). `landmarks_cache`:
         a JSON file that keeps face landmarks between runs on the same video. `host_profile`:
         a folder where host worker processes (FastOptions.host_processes) write CPU traces;
@@ -86,7 +86,9 @@ class LipSync:
         called as (stage, frames done, frames in the job) whenever a stage moves on; it runs
         on worker threads, so it must be quick and thread-safe (the web UI's bar uses it).
         `face_near`: (x, y) in pixels of the video as displayed; in a frame with several
-        faces the one nearest that point is lip-synced, not the largest (fastsync.face.choice)."""
+        faces the one nearest that point is lip-synced, not the largest (fastsync.face.choice).
+        `encoding`: this job's audio track and crf (fastsync.output); None: the engine's
+        (`EngineOptions.output`)."""
         sampling = sampling or SamplingOptions()
         if not self.warmed:  # nothing to do on a CPU or in reference mode
             self.warm_up(sampling)
@@ -94,7 +96,7 @@ class LipSync:
         job = Job(self.components, sampling, progress=progress, clock=clock,
                   landmarks_cache=None if landmarks_cache is None else Path(landmarks_cache),
                   host_profile=None if host_profile is None else Path(host_profile), on_progress=on_progress,
-                  devices=self.devices, face_near=face_near)
+                  devices=self.devices, face_near=face_near, encoding=encoding)
         with device_memory_errors(self.components.device, self.components.options.mode, f"lip-syncing {Path(video).name}"):
             return job.run(Path(video), Path(audio), Path(output))
 

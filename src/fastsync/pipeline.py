@@ -41,6 +41,7 @@ from fastsync.errors import FastsyncError, InputError, NoFaceError
 from fastsync.face.cache import LandmarkCache
 from fastsync.face.choice import cache_backend
 from fastsync.job_devices import ChunkDevices, ChunkRouter, RemoteFaces
+from fastsync.output import OutputOptions
 from fastsync.progress import Progress, ProgressCallback
 from fastsync.timeline import ChunkTimeline
 from fastsync.transfer import Download
@@ -166,8 +167,10 @@ class Job:
     def __init__(self, components: Components, sampling: SamplingOptions, *, progress: bool = True,
                  clock: stages.StageClock | None = None, landmarks_cache: Path | None = None,
                  host_profile: Path | None = None, on_progress: ProgressCallback | None = None,
-                 devices: ChunkDevices | None = None, face_near: tuple[float, float] | None = None):
+                 devices: ChunkDevices | None = None, face_near: tuple[float, float] | None = None,
+                 encoding: OutputOptions | None = None):
         self.c = components
+        self.encoding = encoding or components.options.output  # the file's audio track and crf (fastsync.output)
         self.face_near = face_near  # lip-sync the face nearest this point, not the largest (face.choice)
         self.devices = devices  # further devices that denoise some of the chunks (fastsync.job_devices)
         labels = [str(components.device)] if devices is None else [devices.own_label, *devices.labels]
@@ -226,9 +229,8 @@ class Job:
         try:
             fast = self.c.options.fast
             preset, threads = (fast.x264_preset, fast.x264_threads) if self.fast else ("medium", 0)
-            encoding = self.c.options.output
-            track = job_audio_track(encoding.audio, audio_path, samples, AUDIO_SAMPLE_RATE)
-            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=track, crf=encoding.crf,
+            track = job_audio_track(self.encoding.audio, audio_path, samples, AUDIO_SAMPLE_RATE)
+            with VideoWriter(output, info.width, info.height, fps=VIDEO_FPS, audio=track, crf=self.encoding.crf,
                              preset=preset, threads=threads) as writer:
                 chunks = iter_chunks(video, n, self.sampling.num_frames, tracker, self.clock,
                                      on_chunk=lambda k: bar.update("faces", k))
@@ -296,7 +298,7 @@ class Job:
                               landmarker.checkpoint_dir, str(landmarker.device), self.landmarks_cache,
                               fast.face_workers, self.host_profile, self.face_near)
         finish = FinishSpec(video, n, output, info.width, info.height, audio_path, fast.x264_preset,
-                            fast.x264_threads, fast.face_workers, self.host_profile, self.c.options.output)
+                            fast.x264_threads, fast.face_workers, self.host_profile, self.encoding)
         return prepare, finish
 
     def _hand_over(self, host, chunk: Chunk, pending: Download | None, bar: Progress) -> None:

@@ -26,6 +26,7 @@ from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.face.cache import file_sha256
 from fastsync.face.choice import optional_point
+from fastsync.output import OutputOptions
 from fastsync.pipeline import JobReport, check_inputs
 from fastsync.progress import BARS
 
@@ -53,6 +54,20 @@ def sampling_options(steps, guidance, seed, deepcache_interval) -> SamplingOptio
                                deepcache_interval=int(deepcache_interval))
     except (TypeError, ValueError) as exc:
         raise FastsyncError(f"bad sampling option: {exc}", hint="set the sampling controls to valid values") from exc
+
+
+# The page's choices of audio track, as shown -> OutputOptions.audio (an API caller may pass either).
+AUDIO_TRACKS = {"the audio file's own (its rate and channels)": "source",
+                "16 kHz mono, as LatentSync writes it": "reference"}
+
+
+def output_options(audio_track, crf, defaults: OutputOptions) -> OutputOptions:
+    """OutputOptions from form values; an empty value keeps the server's (`defaults`)."""
+    audio = defaults.audio if audio_track in (None, "") else AUDIO_TRACKS.get(audio_track, audio_track)
+    try:
+        return OutputOptions(audio=audio, crf=defaults.crf if crf in (None, "") else int(crf))
+    except (TypeError, ValueError) as exc:
+        raise FastsyncError(f"bad output option: {exc}", hint="set the output controls to valid values") from exc
 
 
 def report_text(report: JobReport) -> str:
@@ -127,21 +142,24 @@ class JobRunner:
                 f"{o.mode} mode, loaded in {self.engine.load_seconds:.1f} s")
 
     def run(self, video: str | Path | None, audio: str | Path | None, sampling: SamplingOptions,
-            progress: ReportProgress | None = None, face_near: tuple[float, float] | None = None) -> JobResult:
+            progress: ReportProgress | None = None, face_near: tuple[float, float] | None = None,
+            encoding: OutputOptions | None = None) -> JobResult:
         """Lip-sync `video` to `audio` into a new job folder; FastsyncError names a bad input.
-        `face_near`: where frames show several faces, the one nearest this point (face.choice)."""
+        `face_near`: where frames show several faces, the one nearest this point (face.choice).
+        `encoding`: the file's audio track and crf (None: the engine's, `fastsync app`'s flags)."""
         video, audio = _required(video, "video or photo"), _required(audio, "audio")
         with self._lock:
             folder = self.new_job_dir()
             try:
-                report = self._run_in(folder, video, audio, sampling, progress, face_near)
+                report = self._run_in(folder, video, audio, sampling, progress, face_near, encoding)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a failed job leaves nothing behind
                 raise
         return JobResult(report.output, report, report_text(report))
 
     def _run_in(self, folder: Path, video: Path, audio: Path, sampling: SamplingOptions,
-                progress: ReportProgress | None, face_near: tuple[float, float] | None) -> JobReport:
+                progress: ReportProgress | None, face_near: tuple[float, float] | None,
+                encoding: OutputOptions | None = None) -> JobReport:
         output = folder / f"{video.stem}_synced.mp4"
         # Bad files fail now with fastsync's own messages, before the video is hashed for the
         # landmark cache (the job checks them again: one more audio decode, which is cheap).
@@ -150,6 +168,7 @@ class JobRunner:
             progress(0.0, "reading audio")
         return self.engine.run(video, audio, output, sampling=sampling,
                                landmarks_cache=self._landmarks_cache(video, face_near), face_near=face_near,
+                               encoding=encoding,
                                on_progress=None if progress is None else StageProgress(progress))
 
     def new_job_dir(self) -> Path:

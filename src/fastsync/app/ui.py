@@ -8,18 +8,21 @@ from __future__ import annotations
 import gradio as gr
 
 from fastsync.app.jobs import (
+    AUDIO_TRACKS,
     RANDOM_WEIGHTS_NOTE,
     JobRunner,
     clicked_point,
     face_input,
     face_point,
     first_frame,
+    output_options,
     poll_progress,
     sampling_options,
     user_message,
 )
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError
+from fastsync.output import OutputOptions
 
 API_NAME = "lipsync"  # the endpoint gradio_client calls: Client(url).predict(..., api_name="/lipsync")
 # Gradio's copies of uploads and outputs: swept hourly, removed after a day.
@@ -29,12 +32,15 @@ DELETE_CACHE = (3600, 86400)
 def _lipsync_handler(runner: JobRunner):
     # `photo` and `face_near` come after the sampling values, so that API callers written
     # before them keep working; their default None makes them optional in gradio's client.
+    # `audio_track` and `crf` likewise come last (empty: the server's `--output-audio`, `--crf`).
     def lipsync(video, audio, steps, guidance, seed, deepcache_interval, photo=None, face_near=None,
-                progress=gr.Progress()):  # noqa: B008 (gradio finds its progress bar through this default)
+                audio_track=None, crf=None, progress=gr.Progress()):  # noqa: B008 (gradio finds its bar here)
         try:
             sampling = sampling_options(steps, guidance, seed, deepcache_interval)
+            encoding = output_options(audio_track, crf, runner.engine.components.options.output)
             face, near = face_input(video, photo), face_point(face_near)
-            result = poll_progress(lambda report: runner.run(face, audio, sampling, progress=report, face_near=near),
+            result = poll_progress(lambda report: runner.run(face, audio, sampling, progress=report, face_near=near,
+                                                             encoding=encoding),
                                    lambda fraction, text: progress(fraction, desc=text))
         except FastsyncError as exc:
             raise gr.Error(user_message(exc), duration=None, print_exception=False) from exc
@@ -54,6 +60,15 @@ def _sampling_controls(defaults: SamplingOptions) -> list:
         seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
         deepcache = gr.Slider(0, 10, value=defaults.deepcache_interval, step=1, label="DeepCache interval (0 = off)")
     return [steps, guidance, seed, deepcache]
+
+
+def _output_controls(defaults: OutputOptions) -> list:
+    with gr.Accordion("Output", open=False):
+        shown = {key: label for label, key in AUDIO_TRACKS.items()}
+        audio_track = gr.Radio(list(AUDIO_TRACKS), value=shown[defaults.audio], label="Audio track")
+        crf = gr.Slider(0, 51, value=defaults.crf, step=1,
+                        label="Video quality, H.264 crf (lower: closer to the frames and larger; 18 as LatentSync)")
+    return [audio_track, crf]
 
 
 def build_app(runner: JobRunner) -> gr.Blocks:
@@ -81,6 +96,7 @@ def build_app(runner: JobRunner) -> gr.Blocks:
                     preview = gr.Image(label="Click the face to lip-sync", interactive=False)
                     face_near = gr.Textbox(label="Lip-sync the face nearest this point (x, y in pixels)",
                                            placeholder="empty: the largest face, as LatentSync does")
+                output = _output_controls(runner.engine.components.options.output)
                 button = gr.Button("Lip-sync", variant="primary")
             with gr.Column():
                 result = gr.Video(label="Lip-synced video", interactive=False)
@@ -92,7 +108,8 @@ def build_app(runner: JobRunner) -> gr.Blocks:
         for source in (video, photo):
             source.change(first_frame, inputs=source, outputs=preview, **helper)
         preview.select(_clicked, inputs=None, outputs=face_near, **helper)
-        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo, face_near], outputs=[result, download, report],
+        button.click(_lipsync_handler(runner), inputs=[video, audio, *controls, photo, face_near, *output],
+                     outputs=[result, download, report],
                      api_name=API_NAME, concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
     return app
