@@ -51,7 +51,7 @@ class FakeEngine:
     def __init__(self, device: str):
         self.device = device
 
-    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None, encoding=None):
         output = Path(output)
         _log(output, f"{output.name} {os.getpid()}")
         if output.name.startswith("fail"):
@@ -67,8 +67,8 @@ class FakeEngine:
         output.write_text(f"{self.device} {os.getpid()}")
         if landmarks_cache is not None:  # what the job was given to keep its video's landmarks in
             Path(landmarks_cache).write_text(output.name)
-        if sampling is not None:  # the seed and face the job was given, beside its output
-            output.with_suffix(".seed").write_text(f"{sampling.seed} {face_near}")
+        if sampling is not None:  # the seed, face and encoding the job was given, beside its output
+            output.with_suffix(".seed").write_text(f"{sampling.seed} {face_near} {encoding}")
         return FakeReport(f"wrote {output.name} in pid {os.getpid()}", frames=len(output.name))
 
 

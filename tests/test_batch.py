@@ -1,5 +1,6 @@
 import json
 import tempfile
+from dataclasses import replace
 import wave
 
 import pytest
@@ -8,6 +9,7 @@ from fastsync.batch import BatchJob, read_jobs, run_batch
 from fastsync.cli import main
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import InputError
+from fastsync.output import OutputOptions
 from fastsync.pipeline import JobReport
 
 
@@ -43,15 +45,19 @@ def test_bad_batch_files_name_the_file(tmp_path, text):
         read_jobs(path)
 
 
-def test_a_job_may_set_its_own_sampling_and_face(tmp_path):
-    (tmp_path / "jobs.csv").write_text("video,audio,output,steps,guidance,seed,deepcache_interval,face_near\n"
-                                       'v.mp4,a.wav,o.mp4,10,,7,0,"720,480"\nv.mp4,b.wav,p.mp4,,,,,\n')
+def test_a_job_may_set_its_own_sampling_face_and_output(tmp_path):
+    (tmp_path / "jobs.csv").write_text("video,audio,output,steps,guidance,seed,deepcache_interval,face_near,crf,"
+                                       'output_audio\nv.mp4,a.wav,o.mp4,10,,7,0,"720,480",23,reference\n'
+                                       "v.mp4,b.wav,p.mp4,,,,,,,\n")
     (tmp_path / "jobs.json").write_text(json.dumps([{"video": "v.mp4", "audio": "a.wav", "output": "o.mp4",
                                                      "steps": 10, "seed": 7, "deepcache_interval": 0,
-                                                     "face_near": "720,480"},
+                                                     "face_near": "720,480", "crf": 23, "output_audio": "reference"},
                                                     {"video": "v.mp4", "audio": "b.wav", "output": "p.mp4"}]))
     for name in ("jobs.csv", "jobs.json"):
         own, plain = read_jobs(tmp_path / name)
+        engine = OutputOptions(audio="source", crf=30)
+        assert own.encoding(engine) == OutputOptions(audio="reference", crf=23) and plain.encoding(engine) is None
+        assert replace(own, encoding_values=(("crf", 12),)).encoding(engine) == OutputOptions("source", 12)
         assert own.settings == (("steps", 10), ("seed", 7), ("deepcache_interval", 0)) and plain.settings == ()
         assert own.face_near == (720, 480) and plain.face_near is None
         batch = SamplingOptions(steps=30, guidance=2.0)
@@ -66,6 +72,9 @@ def test_a_job_may_set_its_own_sampling_and_face(tmp_path):
     ("steps\n0", "job 1: steps must be >= 1"),
     ("guidence\n2", "job 1 has unknown column\\(s\\) 'guidence'"),
     ("face_near\n720", "job 1: face_near '720' is not a point"),
+    ("crf\nhigh", "job 1: crf 'high' is not an integer"),
+    ("crf\n99", "job 1: --crf 99 is out of range"),
+    ("output_audio\nloud", "job 1: unknown output audio 'loud'"),
 ])
 def test_bad_sampling_cells_name_the_job_and_the_file(tmp_path, cells, message):
     header, value = cells.split("\n")
@@ -78,12 +87,13 @@ def test_bad_sampling_cells_name_the_job_and_the_file(tmp_path, cells, message):
 
 class _FakeEngine:
     def __init__(self, fail_on):
-        self.fail_on, self.calls, self.sampling, self.face_near = fail_on, [], [], []
+        self.fail_on, self.calls, self.sampling, self.face_near, self.encoding = fail_on, [], [], [], []
 
-    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None):
+    def run(self, video, audio, output, sampling=None, landmarks_cache=None, face_near=None, encoding=None):
         self.calls.append(output)
         self.sampling.append(sampling)
         self.face_near.append(face_near)
+        self.encoding.append(encoding)
         if output.name == self.fail_on:
             raise InputError("broken", video)
         return JobReport(output, frames=len(self.calls), seconds=0.25, frames_without_face=1)
@@ -102,12 +112,13 @@ def test_a_failing_job_does_not_stop_the_others_and_existing_outputs_are_skipped
 def test_each_job_runs_with_its_own_sampling_and_face(tmp_path):
     batch = SamplingOptions(steps=30)
     jobs = [BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / "own.mp4", settings=(("seed", 3),),
-                     face_near=(1.0, 2.0)),
+                     face_near=(1.0, 2.0), encoding_values=(("crf", 12),)),
             BatchJob(tmp_path / "v", tmp_path / "a", tmp_path / "plain.mp4")]
     engine = _FakeEngine(fail_on=None)
     assert run_batch(engine, jobs, sampling=batch, echo=lambda line: None) == (2, 0, 0)
     assert engine.sampling == [SamplingOptions(steps=30, seed=3), batch]
     assert engine.face_near == [(1.0, 2.0), None]
+    assert engine.encoding == [OutputOptions(crf=12), None]  # a fake engine has no options: the defaults
 
 
 def test_batch_cli_runs_two_jobs_with_one_engine(tmp_path, assets_dir):

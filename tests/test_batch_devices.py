@@ -34,6 +34,7 @@ from fastsync.denoise import SamplingOptions
 from fastsync.devices import cpu_share
 from fastsync.engine import EngineOptions
 from fastsync.errors import FastsyncError
+from fastsync.output import OutputOptions
 
 TWO_CPUS = ["cpu", "cpu"]
 
@@ -80,11 +81,13 @@ def test_each_job_gets_its_videos_landmark_file(tmp_path):
 
 def test_each_job_gets_its_own_sampling_and_face_on_the_workers(tmp_path):
     jobs = [BatchJob(tmp_path / "v.mp4", tmp_path / "a.wav", tmp_path / f"{name}.mp4", settings=settings,
-                     face_near=near) for name, settings, near in (("own", (("seed", 3),), (5.0, 6.0)), ("plain", (), None))]
+                     face_near=near, encoding_values=(("crf", 12),) if settings else ())
+            for name, settings, near in (("own", (("seed", 3),), (5.0, 6.0)), ("plain", (), None))]
     result = run_batch_on_devices(EngineOptions(), jobs, TWO_CPUS, echo=lambda line: None,
                                   engine_factory=batch_fakes.make_engine, sampling=SamplingOptions(seed=9))
     assert result == (2, 0, 0)
-    assert [(tmp_path / f"{name}.seed").read_text() for name in ("own", "plain")] == ["3 (5.0, 6.0)", "9 None"]
+    assert [(tmp_path / f"{name}.seed").read_text() for name in ("own", "plain")] == [
+        f"3 (5.0, 6.0) {OutputOptions(crf=12)}", "9 None None"]
 
 
 def test_failures_are_reported_with_the_device_and_existing_outputs_skipped(tmp_path):

@@ -3,7 +3,8 @@
 JOBS is a CSV file with a header `video,audio,output` (paths relative to the CSV's
 folder) or a JSON list of {"video", "audio", "output"} objects. Optional columns (keys)
 `steps`, `guidance`, `seed` and `deepcache_interval` set a job's sampling; an empty cell
-keeps the batch's value (the command line's). `face_near` ("X,Y") picks the face nearest
+keeps the batch's value (the command line's); `output_audio` and `crf` likewise set its
+file's audio track and quality (fastsync.output). `face_near` ("X,Y") picks the face nearest
 that point where a frame shows several (fastsync.face.choice); empty, the command line's
 --face-near or the largest face. A failing job is
 reported and skipped — its output is never half-written — and the others go on; the
@@ -32,11 +33,14 @@ from fastsync.batch_report import BatchReport, job_record
 from fastsync.denoise import SamplingOptions
 from fastsync.errors import FastsyncError, InputError
 from fastsync.face.choice import optional_point
+from fastsync.output import OutputOptions
 
 FIELDS = ("video", "audio", "output")
 FACE_NEAR = "face_near"
 # A job's own sampling values: column -> its type (SamplingOptions' field of that name).
 SETTINGS = {"steps": int, "guidance": float, "seed": int, "deepcache_interval": int}
+# A job's own output values: column -> OutputOptions field.
+ENCODING = {"output_audio": "audio", "crf": "crf"}
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,19 @@ class BatchJob:
     landmarks: Path | None = None  # the video's landmark file (None: detect its faces afresh)
     settings: tuple[tuple[str, int | float], ...] = ()  # its own sampling values, (name, value) pairs
     face_near: tuple[float, float] | None = None  # the face nearest this point, not the largest
+    encoding_values: tuple[tuple[str, str | int], ...] = ()  # its own OutputOptions values, (field, value)
 
     def sampling(self, batch: SamplingOptions | None) -> SamplingOptions | None:
         """The batch's sampling with this job's own values in place (None: the engine's default)."""
         if not self.settings:
             return batch
         return replace(batch or SamplingOptions(), **dict(self.settings))
+
+    def encoding(self, engine: OutputOptions | None) -> OutputOptions | None:
+        """The engine's output options with this job's own values in place (None: the engine's)."""
+        if not self.encoding_values:
+            return None
+        return replace(engine or OutputOptions(), **dict(self.encoding_values))
 
 
 @contextlib.contextmanager
@@ -100,12 +111,14 @@ def read_jobs(path: Path) -> list[BatchJob]:
         if missing:
             raise InputError(f"job {number} lacks {', '.join(missing)}", path,
                              hint="every job needs video, audio and output")
-        unknown = sorted(set(row) - {*FIELDS, *SETTINGS, FACE_NEAR})
+        columns = (*FIELDS, *SETTINGS, *ENCODING, FACE_NEAR)
+        unknown = sorted(set(row) - set(columns))
         if unknown:
             raise InputError(f"job {number} has unknown column(s) {', '.join(map(repr, unknown))}", path,
-                             hint=f"the columns are {', '.join((*FIELDS, *SETTINGS, FACE_NEAR))}")
+                             hint=f"the columns are {', '.join(columns)}")
         jobs.append(BatchJob(*(base / str(row[k]).strip() for k in FIELDS), settings=_settings(row, number, path),
-                             face_near=optional_point(row.get(FACE_NEAR), f"job {number}: face_near", path)))
+                             face_near=optional_point(row.get(FACE_NEAR), f"job {number}: face_near", path),
+                             encoding_values=_encoding(row, number, path)))
     if not jobs:
         raise InputError("the batch file lists no jobs", path)
     return jobs
@@ -133,6 +146,31 @@ def _settings(row: dict, number: int, path: Path) -> tuple[tuple[str, int | floa
     return tuple(settings.items())
 
 
+def _encoding(row: dict, number: int, path: Path) -> tuple[tuple[str, str | int], ...]:
+    """The job's own output values, checked as OutputOptions checks them."""
+    values = {}
+    for column, name in ENCODING.items():
+        value = str(row.get(column) or "").strip()
+        if not value:
+            continue
+        if column == "crf":
+            if not value.lstrip("-").isdigit():
+                raise InputError(f"job {number}: crf {value!r} is not an integer", path)
+            value = int(value)
+        values[name] = value
+    try:
+        OutputOptions(**values)
+    except FastsyncError as exc:
+        raise InputError(f"job {number}: {exc}", path) from None
+    return tuple(values.items())
+
+
+def engine_encoding(engine) -> OutputOptions | None:
+    """The engine's own output options (None for an engine without components, as tests' fakes)."""
+    components = getattr(engine, "components", None)
+    return None if components is None else components.options.output
+
+
 def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = False,
               echo=print, report: BatchReport | None = None) -> tuple[int, int, int]:
     """Returns (done, skipped, failed); `report` (fastsync.batch_report) gets each job's outcome."""
@@ -149,7 +187,8 @@ def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = 
             continue
         try:
             result = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
-                                landmarks_cache=job.landmarks, face_near=job.face_near)
+                                landmarks_cache=job.landmarks, face_near=job.face_near,
+                                encoding=job.encoding(engine_encoding(engine)))
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
             report.failed(number, str(exc), device)

@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 
+from fastsync.batch import engine_encoding
 from fastsync.batch_report import job_record
 from fastsync.errors import FastsyncError
 
@@ -85,7 +86,8 @@ def _serve(engine, sampling, conn) -> None:
         _, number, job = message
         try:
             report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
-                                landmarks_cache=job.landmarks, face_near=job.face_near)
+                                landmarks_cache=job.landmarks, face_near=job.face_near,
+                                encoding=job.encoding(engine_encoding(engine)))
         except FastsyncError as exc:
             conn.send(("failed", number, str(exc)))
             continue
