@@ -18,13 +18,13 @@ too (`hf_vae_from_cache`) so a user who already ran the reference needs no copy.
 from __future__ import annotations
 
 import io
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastsync.errors import CheckpointError
+from fastsync.files import write_atomically
 
 HF_REPOS = {"1.5": "ByteDance/LatentSync-1.5", "1.6": "ByteDance/LatentSync-1.6"}
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
@@ -99,13 +99,7 @@ def _download_face_models(layout: CheckpointLayout) -> None:
         member = next((m for m in archive.namelist() if m.endswith(name)), None)
         if member is None:
             raise CheckpointError(f"{name} is not in the buffalo_l archive", layout.face_dir)
-        _atomic_write_bytes(layout.face_dir / name, archive.read(member))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".part") as tmp:
-        tmp.write(data)
-    Path(tmp.name).replace(path)
+        write_atomically(layout.face_dir / name, archive.read(member))
 
 
 def download(version: str, directory: Path, *, face_models: bool = True) -> CheckpointLayout:

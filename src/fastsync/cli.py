@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path("checkpoints"))
     p.set_defaults(func=_cmd_download)
 
+    p = sub.add_parser("info", help="versions, devices, checkpoint files present or missing, compiled blocks kept")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                   help="the folder to check, in the official layout (default ./checkpoints)")
+    p.add_argument("--version", choices=["1.5", "1.6"], default="1.6", help="LatentSync release (default 1.6)")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=_cmd_info)
+
     p = sub.add_parser("check-parity", help="run every golden case in DIR through fastsync")
     p.add_argument("dir", type=Path)
     p.set_defaults(func=_cmd_check_parity)
@@ -210,6 +217,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     download(args.version, args.dir)
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from fastsync.tools.info import info_from_args
+
+    return info_from_args(args)
 
 
 def _cmd_check_parity(args: argparse.Namespace) -> int:
