@@ -14,10 +14,11 @@ from pathlib import Path
 
 from fastsync import stages
 from fastsync.denoise import SamplingOptions
-from fastsync.engine import Components, EngineOptions, FastOptions, OutputOptions, load_components, pick_device
+from fastsync.engine import Components, EngineOptions, FastOptions, load_components, pick_device
 from fastsync.errors import FastsyncError
 from fastsync.face.choice import parse_point
 from fastsync.memory import device_memory_errors
+from fastsync.output import OutputOptions
 from fastsync.pipeline import Job, JobReport, check_inputs
 from fastsync.progress import ProgressCallback
 
