@@ -99,9 +99,10 @@ def pin_launch_configs() -> None:
     were equal bit for bit. Inductor's `deterministic` switch did not stop that timing. With
     the first config kept, three processes on one H100 (one compiling, two loading what it
     kept) gave equal encodes, decodes, UNet forwards and chunks, bit for bit
-    (processes_h100_pinned.json); a chunk took 0.983-0.992 s in each, as before within the
-    spread between machines. A kernel tuned with FASTSYNC_KERNEL_TUNING=1 keeps its timed
-    choice."""
+    (processes_h100_pinned.json). The CFG forward took 91.1 ms pinned against 90.5 ms with
+    every config timed, in two processes on one machine whose eager forwards differed by 0.8
+    ms (unet_h100_pinned_tuning*.json). A kernel tuned with FASTSYNC_KERNEL_TUNING=1 keeps
+    its timed choice."""
     from torch._inductor.runtime import triton_heuristics
 
     tuner = triton_heuristics.CachingAutotuner
