@@ -64,6 +64,8 @@ def test_a_job_may_set_its_own_sampling_face_and_output(tmp_path):
         assert own.sampling(batch) == SamplingOptions(steps=10, guidance=2.0, seed=7, deepcache_interval=0)
         assert plain.sampling(batch) is batch and plain.sampling(None) is None
         assert own.sampling(None) == SamplingOptions(steps=10, seed=7, deepcache_interval=0)
+    (tmp_path / "lossless.json").write_text(json.dumps([{"video": "v", "audio": "a", "output": "o", "crf": 0}]))
+    assert read_jobs(tmp_path / "lossless.json")[0].encoding(None) == OutputOptions(crf=0)
 
 
 @pytest.mark.parametrize(("cells", "message"), [

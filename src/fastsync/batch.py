@@ -150,7 +150,8 @@ def _encoding(row: dict, number: int, path: Path) -> tuple[tuple[str, str | int]
     """The job's own output values, checked as OutputOptions checks them."""
     values = {}
     for column, name in ENCODING.items():
-        value = str(row.get(column) or "").strip()
+        value = row.get(column)
+        value = "" if value is None else str(value).strip()  # a JSON crf of 0 (lossless) is a value
         if not value:
             continue
         if column == "crf":
