@@ -9,6 +9,7 @@ keeps the 16-bit quantisation the reference's features were computed from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -32,8 +33,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, allow_silent: b
     silent track.
     """
     path = Path(path)
-    _check_file(path)
-    pieces = _decode_s16_mono(path, sample_rate)
+    pieces = _decode_s16_mono(path, sample_rate)  # checks the file first (open_audio)
     if not pieces or sum(p.size for p in pieces) == 0:
         raise InputError("the audio track decodes to zero samples", path, hint=_AUDIO_HINT)
     samples = np.concatenate(pieces).astype(np.float32)
@@ -78,34 +78,42 @@ def _open(path: Path) -> av.container.InputContainer:
         raise InputError(f"not a readable audio or video file ({reason})", path, hint=_AUDIO_HINT) from exc
 
 
+def open_audio(path: Path) -> tuple[av.container.InputContainer, av.audio.stream.AudioStream]:
+    """The file, open, and its best audio stream: the one ffmpeg itself would pick
+    (av_find_best_stream), as the reference's CLI call does. InputError names the file when
+    it is missing, empty, unreadable or has no audio stream. The caller closes the container."""
+    _check_file(path)
+    container = _open(path)
+    if not container.streams.audio:
+        container.close()
+        raise InputError("the file has no audio stream", path, hint=_AUDIO_HINT)
+    return container, container.streams.best("audio")
+
+
+def resampled(container, stream, path: Path, format: str, layout: str, rate: int) -> Iterator[np.ndarray]:
+    """The stream decoded and resampled to `format`/`layout`/`rate`, as arrays in order
+    (packed formats give (1, n * channels), planar ones (channels, n))."""
+    resampler, source = None, None
+    try:
+        for frame in container.decode(stream):
+            signature = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if signature != source:
+                # The input format changed mid-stream (or this is the first frame): a resampler
+                # is bound to one input format, so drain the old one and start afresh.
+                if resampler is not None:
+                    yield from (out.to_ndarray() for out in resampler.resample(None))
+                resampler = av.AudioResampler(format=format, layout=layout, rate=rate)
+                source = signature
+            yield from (out.to_ndarray() for out in resampler.resample(frame))
+        if resampler is not None:
+            yield from (out.to_ndarray() for out in resampler.resample(None))
+    except av.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"could not decode the audio stream ({reason})", path, hint=_AUDIO_HINT) from exc
+
+
 def _decode_s16_mono(path: Path, sample_rate: int) -> list[np.ndarray]:
     """Decode and resample to packed int16 mono; returns the int16 pieces in order."""
-    with _open(path) as container:
-        if not container.streams.audio:
-            raise InputError("the file has no audio stream", path, hint=_AUDIO_HINT)
-        # The stream ffmpeg itself would pick (av_find_best_stream), as the reference's CLI call does.
-        stream = container.streams.best("audio")
-        pieces: list[np.ndarray] = []
-        resampler, source = None, None
-        try:
-            for frame in container.decode(stream):
-                signature = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if signature != source:
-                    # The input format changed mid-stream (or this is the first frame): a resampler
-                    # is bound to one input format, so drain the old one and start afresh.
-                    if resampler is not None:
-                        pieces.extend(_to_int16(resampler.resample(None)))
-                    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-                    source = signature
-                pieces.extend(_to_int16(resampler.resample(frame)))
-            if resampler is not None:
-                pieces.extend(_to_int16(resampler.resample(None)))
-        except av.FFmpegError as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise InputError(f"could not decode the audio stream ({reason})", path, hint=_AUDIO_HINT) from exc
-    return pieces
-
-
-def _to_int16(frames: list[av.AudioFrame]) -> list[np.ndarray]:
-    # Packed s16 mono: to_ndarray gives (1, n) int16.
-    return [frame.to_ndarray().reshape(-1) for frame in frames]
+    container, stream = open_audio(path)
+    with container:
+        return [piece.reshape(-1) for piece in resampled(container, stream, path, "s16", "mono", sample_rate)]

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 
-from fastsync.errors import InputError
+from fastsync.media.audio import open_audio, resampled
 from fastsync.output import AUDIO_CHOICES
 
 MAX_RATE = 48000  # above this nothing is audible; higher rates are resampled to it
@@ -67,53 +66,24 @@ class FileTrack:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self._container = av.open(str(self.path), mode="r")
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"not a readable audio file ({exc})", self.path) from exc
-        if not self._container.streams.audio:
-            self._container.close()
-            raise InputError("the file has no audio stream", self.path)
-        stream = self._container.streams.best("audio")
-        source_rate = stream.codec_context.sample_rate or stream.sample_rate
+        self._container, stream = open_audio(self.path)  # InputError naming the file
         self.channels = 1 if stream.codec_context.channels == 1 else 2
-        self.rate = output_rate(source_rate)
-        self._layout = "mono" if self.channels == 1 else "stereo"
-        self._frames = self._container.decode(stream)
-        self._resampler = None
-        self._source = None
-        self._pending: list[np.ndarray] = []
+        self.rate = output_rate(stream.codec_context.sample_rate or stream.sample_rate)
+        layout = "mono" if self.channels == 1 else "stereo"
+        self._pieces = resampled(self._container, stream, self.path, "fltp", layout, self.rate)
+        self._pending: list[np.ndarray] = []  # planar (channels, m) pieces not yet read
         self._buffered = 0
         self._ended = False
-
-    def _resampled(self, frame: av.AudioFrame | None) -> None:
-        for out in self._resampler.resample(frame):
-            piece = out.to_ndarray()  # planar: (channels, m)
-            self._pending.append(piece)
-            self._buffered += piece.shape[1]
-
-    def _decode_more(self) -> None:
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            if self._resampler is not None:
-                self._resampled(None)
-            self._ended = True
-            return
-        except av.FFmpegError as exc:
-            raise InputError(f"could not decode the audio stream ({exc})", self.path) from exc
-        signature = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if signature != self._source:  # a resampler takes one input format: drain it, start anew
-            if self._resampler is not None:
-                self._resampled(None)
-            self._resampler = av.AudioResampler(format="fltp", layout=self._layout, rate=self.rate)
-            self._source = signature
-        self._resampled(frame)
 
     def read(self, n: int) -> np.ndarray:
         """Up to `n` more samples, shape (channels, m); fewer at the end of the track."""
         while self._buffered < n and not self._ended:
-            self._decode_more()
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._ended = True
+            else:
+                self._pending.append(piece)
+                self._buffered += piece.shape[1]
         if not self._pending:
             return np.zeros((self.channels, 0), np.float32)
         joined = np.concatenate(self._pending, axis=1)
