@@ -176,27 +176,23 @@ def run_batch(engine, jobs: list[BatchJob], *, sampling=None, overwrite: bool = 
               echo=print, report: BatchReport | None = None) -> tuple[int, int, int]:
     """Returns (done, skipped, failed); `report` (fastsync.batch_report) gets each job's outcome."""
     report = report or BatchReport(jobs)
-    device = getattr(getattr(engine, "components", None), "device", None)
-    device = None if device is None else str(device)
-    done = skipped = failed = 0
+    components = getattr(engine, "components", None)  # None for tests' fake engines
+    device = None if components is None else str(components.device)
+    encoding = engine_encoding(engine)
     for number, job in enumerate(jobs, start=1):
         prefix = f"[{number}/{len(jobs)}]"
         if job.output.exists() and not overwrite:
             echo(f"{prefix} skip: {job.output} exists (use --overwrite)")
             report.skipped(number)
-            skipped += 1
             continue
         try:
             result = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
                                 landmarks_cache=job.landmarks, face_near=job.face_near,
-                                encoding=job.encoding(engine_encoding(engine)))
+                                encoding=job.encoding(encoding))
         except FastsyncError as exc:
             echo(f"{prefix} FAILED: {exc}")
             report.failed(number, str(exc), device)
-            failed += 1
             continue
         echo(f"{prefix} {result.summary()}")
         report.done(number, job_record(result), device)
-        done += 1
-    echo(f"batch: {done} done, {skipped} skipped, {failed} failed")
-    return done, skipped, failed
+    return report.finish(echo)

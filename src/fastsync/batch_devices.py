@@ -116,11 +116,10 @@ def _stop(workers: list[_Worker], graceful: bool) -> None:
 
 
 class _DeviceBatch:
-    """The batch process's side: which jobs wait, which worker holds which, the tally."""
+    """The batch process's side: which jobs wait, which worker holds which; the tally is the report's."""
 
     def __init__(self, jobs: list[BatchJob], overwrite: bool, echo, report: BatchReport):
         self.total, self.overwrite, self.echo, self.report = len(jobs), overwrite, echo, report
-        self.done = self.skipped = self.failed = 0
         self.workers: list[_Worker] = []
         self.pending = deque(item for item in enumerate(jobs, start=1) if not self._skip(*item))
 
@@ -140,8 +139,7 @@ class _DeviceBatch:
             self._fail(number, None, "not run: no device's worker is left (see above)")
 
     def finish(self) -> tuple[int, int, int]:
-        self.echo(f"batch: {self.done} done, {self.skipped} skipped, {self.failed} failed")
-        return self.done, self.skipped, self.failed
+        return self.report.finish(self.echo)
 
     # -- handing out jobs ----------------------------------------------------------------------
     def _skip(self, number: int, job: BatchJob) -> bool:
@@ -149,7 +147,6 @@ class _DeviceBatch:
             return False
         self.echo(f"[{number}/{self.total}] skip: {job.output} exists (use --overwrite)")
         self.report.skipped(number)
-        self.skipped += 1
         return True
 
     def _dispatch(self) -> None:
@@ -197,7 +194,6 @@ class _DeviceBatch:
             w.out = True
         elif kind == "done":
             w.job = None
-            self.done += 1
             self.echo(f"[{message[1]}/{self.total}] {w.label}: {message[2]}")
             self.report.done(message[1], message[3], w.label)
         elif kind == "failed":
@@ -228,7 +224,6 @@ class _DeviceBatch:
             self.echo(f"batch: the worker on {w.label} died ({how}) between jobs")
 
     def _fail(self, number: int, label: str | None, text: str) -> None:
-        self.failed += 1
         where = f" {label}:" if label else ""
         self.echo(f"[{number}/{self.total}]{where} FAILED: {text}")
         self.report.failed(number, text, label)

@@ -68,6 +68,12 @@ class BatchReport:
         statuses = [row["status"] for row in self.rows]
         return {s: statuses.count(s) for s in ("done", "skipped", "failed", "pending")}
 
+    def finish(self, echo) -> tuple[int, int, int]:
+        """The batch's closing line through `echo`; returns (done, skipped, failed)."""
+        c = self.counts()
+        echo(f"batch: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed")
+        return c["done"], c["skipped"], c["failed"]
+
     def _set(self, number: int, **values) -> None:
         self.rows[number - 1].update(values)
         self.save()

@@ -82,12 +82,13 @@ def use_device(device: str, threads: int | None) -> None:
 
 
 def _serve(engine, sampling, conn) -> None:
+    encoding = engine_encoding(engine)  # a job's own output values go on top of the engine's
     while (message := conn.recv())[0] == "job":
         _, number, job = message
         try:
             report = engine.run(job.video, job.audio, job.output, sampling=job.sampling(sampling),
                                 landmarks_cache=job.landmarks, face_near=job.face_near,
-                                encoding=job.encoding(engine_encoding(engine)))
+                                encoding=job.encoding(encoding))
         except FastsyncError as exc:
             conn.send(("failed", number, str(exc)))
             continue
