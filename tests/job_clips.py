@@ -94,13 +94,13 @@ def source_frames(path: Path, count: int, size: tuple[int, int] | None = None,
     return frames
 
 
-def write_clip(dst: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
-    """Frames -> H.264 mp4 at `fps`, nearly lossless (crf 12)."""
+def write_clip(dst: Path, frames: list[np.ndarray], fps: int = 25, crf: int = 12) -> Path:
+    """Frames -> H.264 mp4 at `fps`, nearly lossless (crf 12; 0 is lossless, so equal frames encode alike)."""
     height, width = frames[0].shape[:2]
     with av.open(str(dst), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
+        stream.options = {"crf": str(crf), "preset": "ultrafast"}
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
